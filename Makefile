@@ -1,0 +1,35 @@
+# edgesim — two-command quick start: `make run`, `make test`.
+# Every target creates .venv and installs from pyproject.toml when it is missing or stale.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+SCENARIO ?= scenarios/lync2013-scaled-edge-dns-nat.yaml
+REPORT_DIR ?= reports/latest
+PYTEST_ARGS ?=
+
+.PHONY: run test bench lint venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/edgesim run $(SCENARIO) --report-dir $(REPORT_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check simulator tests benchmarks
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache .hypothesis .mypy_cache .ruff_cache
