@@ -1,0 +1,311 @@
+"""The Edge's internal management listeners and the Front End clients that use them (rules I8–I11).
+
+* **Central Management store replication, HTTPS 4443 (I8).** The Front End holding the CMS pushes a
+  small configuration document (``POST /replication/config``, XML); the Edge stores it and acknowledges
+  with its SHA-256 and a version number. HTTP/1.1 via h11; mutual TLS, the peer must be one of the
+  topology's internal servers.
+* **Centralized Logging Service agent, MTLS 50001–50003 (I9–I11).** The CLS controller sends one
+  synthetic query line and gets one reply (:mod:`simulator.wire.cls`).
+
+Each listener accepts plain TCP and then runs the TLS handshake itself (``StreamWriter.start_tls``), so a
+refused handshake is counted by reason (expired, untrusted, revoked …) instead of vanishing into
+asyncio's log; a verified peer whose certificate names no allowed server is refused as ``wrong-san``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import h11
+
+from simulator.net.tls import classify_tls_error, peer_dns_names
+from simulator.report.verdict import Reason
+from simulator.wire.cls import ClsQuery, ClsReply, parse_query, parse_reply
+from simulator.wire.errors import MalformedMessage
+
+HANDSHAKE_TIMEOUT = 5.0
+MAX_BODY = 64 * 1024
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str], Awaitable[None]]
+
+
+class MtlsListener:
+    """A mutual-TLS TCP listener with per-reason rejection counters and owned connection tasks."""
+
+    def __init__(self, name: str, host: str, port: int, context: ssl.SSLContext,
+                 allowed_peers: frozenset[str] | None) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self._context = context
+        self._allowed = allowed_peers
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.accepted = 0
+        self.rejected: Counter[str] = Counter()
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connected, self.host, self.port, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await writer.start_tls(self._context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        except (OSError, ssl.SSLError, TimeoutError) as error:
+            self.rejected[str(classify_tls_error(error))] += 1
+            return
+        names = peer_dns_names(writer.get_extra_info("peercert"))
+        if self._allowed is not None and not names & self._allowed:
+            self.rejected[str(Reason.WRONG_SAN)] += 1
+            await self.refuse(writer, Reason.WRONG_SAN)
+            return
+        self.accepted += 1
+        try:
+            await self.handle(reader, writer, min(names) if names else "")
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            return
+
+    async def refuse(self, writer: asyncio.StreamWriter, reason: Reason) -> None:
+        """Tell an authenticated but unwelcome peer why it is refused (protocol-specific)."""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+        raise NotImplementedError
+
+
+class ClsAgentListener(MtlsListener):
+    """CLS agent on one of 50001–50003: answers ``CLS/1 QUERY`` with the agent name and port."""
+
+    def __init__(self, agent: str, host: str, port: int, context: ssl.SSLContext,
+                 allowed_peers: frozenset[str] | None) -> None:
+        super().__init__(f"cls-{port}", host, port, context, allowed_peers)
+        self.agent = agent
+        self.documented_port = port
+        self.malformed = 0
+
+    async def refuse(self, writer: asyncio.StreamWriter, reason: Reason) -> None:
+        writer.write(ClsReply(403, (str(reason),)).serialize())
+        await writer.drain()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+        while True:
+            try:
+                line = await reader.readuntil(b"\r\n")
+                query = parse_query(line)
+            except asyncio.LimitOverrunError:
+                self.malformed += 1
+                writer.write(ClsReply(400, ("line-too-long",)).serialize())
+                await writer.drain()
+                return
+            except asyncio.IncompleteReadError:
+                return
+            except MalformedMessage:
+                self.malformed += 1
+                writer.write(ClsReply(400, ("malformed",)).serialize())
+                await writer.drain()
+                continue
+            writer.write(ClsReply(200, (self.agent, str(self.documented_port), query.token)).serialize())
+            await writer.drain()
+
+
+class CmsReplicationListener(MtlsListener):
+    """CMS replica on 4443: accepts ``POST /replication/config`` and acknowledges what it stored."""
+
+    PATH = b"/replication/config"
+
+    def __init__(self, agent: str, host: str, port: int, context: ssl.SSLContext,
+                 allowed_peers: frozenset[str] | None) -> None:
+        super().__init__("cms-replication", host, port, context, allowed_peers)
+        self.agent = agent
+        self.documents: list[bytes] = []
+        self.malformed = 0
+
+    async def refuse(self, writer: asyncio.StreamWriter, reason: Reason) -> None:
+        connection = h11.Connection(h11.SERVER)
+        await _send_json(writer, connection, 403, {"error": str(reason)})
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+        connection = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        request: h11.Request | None = None
+        body = bytearray()
+        try:
+            while True:
+                event = connection.next_event()
+                if event is h11.NEED_DATA:
+                    data = await reader.read(65536)
+                    connection.receive_data(data)
+                    if not data and request is None:
+                        return
+                    continue
+                if isinstance(event, h11.Request):
+                    request = event
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > MAX_BODY:
+                        await _send_json(writer, connection, 413, {"error": "document too large"})
+                        return
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    return
+        except h11.RemoteProtocolError as error:
+            self.malformed += 1
+            if connection.our_state in {h11.IDLE, h11.SEND_RESPONSE}:
+                await _send_json(writer, h11.Connection(h11.SERVER), error.error_status_hint,
+                                 {"error": "malformed request"})
+            return
+        assert request is not None
+        if request.method != b"POST" or request.target != self.PATH:
+            await _send_json(writer, connection, 404, {"error": "no such resource"})
+            return
+        document = bytes(body)
+        self.documents.append(document)
+        await _send_json(writer, connection, 200, {
+            "ack": hashlib.sha256(document).hexdigest(), "version": len(self.documents), "agent": self.agent,
+        })
+
+
+async def _send_json(writer: asyncio.StreamWriter, connection: h11.Connection, status: int,
+                     payload: dict[str, object]) -> None:
+    body = json.dumps(payload).encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+               ("Connection", "close")]
+    data = connection.send(h11.Response(status_code=status, headers=headers))
+    data = (data or b"") + (connection.send(h11.Data(data=body)) or b"") + (connection.send(h11.EndOfMessage())
+                                                                             or b"")
+    writer.write(data)
+    await writer.drain()
+
+
+# ---------------------------------------------------------------------------------------------- clients
+
+
+class ProbeFailure(Exception):
+    """A client-side failure with its reason code."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+async def _open_tls(host: str, port: int, context: ssl.SSLContext, server_name: str,
+                    timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    try:
+        return await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context, server_hostname=server_name,
+                                    ssl_handshake_timeout=timeout), timeout)
+    except (OSError, ssl.SSLError, TimeoutError) as error:
+        raise ProbeFailure(classify_tls_error(error), f"{host}:{port}: {error}") from None
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError):
+        await writer.wait_closed()
+
+
+async def cls_query(host: str, port: int, context: ssl.SSLContext, server_name: str, token: str,
+                    timeout: float) -> ClsReply:
+    """One CLS query over mutual TLS; raises :class:`ProbeFailure` with the reason when it fails."""
+    reader, writer = await _open_tls(host, port, context, server_name, timeout)
+    try:
+        writer.write(ClsQuery(token).serialize())
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout)
+        reply = parse_reply(line)
+    except (OSError, ssl.SSLError, TimeoutError) as error:
+        raise ProbeFailure(classify_tls_error(error), f"{host}:{port}: {error}") from None
+    except asyncio.IncompleteReadError:
+        raise ProbeFailure(Reason.RESET, f"{host}:{port}: closed before a reply") from None
+    except MalformedMessage as error:
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{host}:{port}: {error.reason}") from None
+    finally:
+        await _close(writer)
+    if reply.status == 403:
+        reason = Reason(reply.fields[0]) if reply.fields and reply.fields[0] in set(Reason) else Reason.REJECTED
+        raise ProbeFailure(reason, f"{host}:{port}: refused by the agent ({' '.join(reply.fields)})")
+    if reply.status != 200 or len(reply.fields) != 3 or reply.fields[2] != token:
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{host}:{port}: unexpected reply {reply}")
+    return reply
+
+
+async def cms_push(host: str, port: int, context: ssl.SSLContext, server_name: str, document: bytes,
+                   timeout: float) -> dict[str, object]:
+    """Push a configuration document to the CMS replica; returns its JSON acknowledgement."""
+    reader, writer = await _open_tls(host, port, context, server_name, timeout)
+    connection = h11.Connection(h11.CLIENT)
+    try:
+        request = h11.Request(method="POST", target=CmsReplicationListener.PATH.decode(), headers=[
+            ("Host", server_name), ("Content-Type", "application/xml"), ("Content-Length", str(len(document))),
+            ("Connection", "close")])
+        writer.write((connection.send(request) or b"") + (connection.send(h11.Data(data=document)) or b"")
+                     + (connection.send(h11.EndOfMessage()) or b""))
+        await writer.drain()
+        response: h11.Response | None = None
+        body = bytearray()
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                connection.receive_data(await asyncio.wait_for(reader.read(65536), timeout))
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                break
+    except (OSError, ssl.SSLError, TimeoutError) as error:
+        raise ProbeFailure(classify_tls_error(error), f"{host}:{port}: {error}") from None
+    except h11.RemoteProtocolError as error:
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{host}:{port}: bad HTTP: {error}") from None
+    finally:
+        await _close(writer)
+    if response is None:
+        raise ProbeFailure(Reason.RESET, f"{host}:{port}: closed before a response")
+    try:
+        payload = json.loads(bytes(body))
+    except ValueError:
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{host}:{port}: response is not JSON") from None
+    if not isinstance(payload, dict):
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{host}:{port}: response is not a JSON object")
+    if response.status_code == 403:
+        error_text = str(payload.get("error", ""))
+        reason = Reason(error_text) if error_text in set(Reason) else Reason.REJECTED
+        raise ProbeFailure(reason, f"{host}:{port}: refused by the replica ({error_text})")
+    if response.status_code != 200:
+        raise ProbeFailure(Reason.REJECTED, f"{host}:{port}: HTTP {response.status_code}")
+    if payload.get("ack") != hashlib.sha256(document).hexdigest():
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{host}:{port}: acknowledgement does not match the document")
+    return payload

@@ -1,0 +1,102 @@
+"""The run report: a pure function of the scenario, the lab layout and the rule results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+from simulator import __version__
+from simulator.lab.addressing import AddressPlan, PortMap
+from simulator.report.verdict import Verdict
+from simulator.scenario.rules import RULES_BY_ID
+from simulator.scenario.runner import RuleResult
+from simulator.scenario.schema import Scenario
+
+
+@dataclass(frozen=True, slots=True)
+class RuleReport:
+    result: RuleResult
+    expected: str
+    matches: bool
+
+    def to_dict(self, port_map: PortMap) -> dict[str, Any]:
+        result, rule = self.result, self.result.rule
+        return {
+            "id": rule.id,
+            "table": str(rule.table),
+            "interface": str(rule.interface),
+            "service": str(rule.service),
+            "protocol": rule.protocol,
+            "transport": str(rule.transport),
+            "ports": str(rule.ports),
+            "port_used": port_map(rule.ports.first) if rule.ports.first == rule.ports.last else str(rule.ports),
+            "direction": str(rule.direction),
+            "verdict": str(result.verdict),
+            "reason": result.reason,
+            "blocked_by": result.blocked_by,
+            "detail": result.detail,
+            "expected": self.expected,
+            "matches_expectation": self.matches,
+            "elapsed_ms": round(result.elapsed_ms, 3),
+            "nodes": [
+                {"node": o.node, "verdict": str(o.verdict), "reason": None if o.reason is None else str(o.reason),
+                 "detail": o.detail, "elapsed_ms": round(o.elapsed_ms, 3)}
+                for o in result.outcomes
+            ],
+        }
+
+
+def _matches(result: RuleResult, verdict: Verdict, detail: str | None) -> bool:
+    if result.verdict is not verdict:
+        return False
+    if detail is None:
+        return True
+    return detail == (result.blocked_by if verdict is Verdict.BLOCKED else result.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    scenario: Scenario
+    plan: AddressPlan
+    port_map: PortMap
+    rules: tuple[RuleReport, ...]
+    started: dt.datetime
+    finished: dt.datetime
+
+    @property
+    def all_match(self) -> bool:
+        return all(rule.matches for rule in self.rules)
+
+    def counts(self) -> dict[str, int]:
+        counts = {str(verdict): 0 for verdict in Verdict}
+        for rule in self.rules:
+            counts[str(rule.result.verdict)] += 1
+        return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "edgesim": __version__,
+            "scenario": self.scenario.name,
+            "seed": self.scenario.seed,
+            "started": self.started.isoformat(),
+            "finished": self.finished.isoformat(),
+            "machine": {"python": platform.python_version(), "platform": platform.platform()},
+            "summary": {**self.counts(), "all_match_expectations": self.all_match},
+            "rules": [rule.to_dict(self.port_map) for rule in self.rules],
+            "hosts": [{"name": h.name, "kind": str(h.kind), "address": h.address, "owner": h.owner}
+                      for h in self.plan.hosts],
+            "port_map": {"offset": self.port_map.offset, "privileged_allowed": self.port_map.privileged_allowed},
+        }
+
+
+def build_report(scenario: Scenario, plan: AddressPlan, port_map: PortMap, results: list[RuleResult],
+                 started: dt.datetime, finished: dt.datetime) -> Report:
+    rules = []
+    catalog_order = {rule_id: index for index, rule_id in enumerate(RULES_BY_ID)}
+    for result in sorted(results, key=lambda r: catalog_order[r.rule.id]):
+        verdict, detail = scenario.expected(result.rule.id)
+        expected = str(verdict) + (f":{detail}" if detail else "")
+        rules.append(RuleReport(result, expected, _matches(result, verdict, detail)))
+    return Report(scenario, plan, port_map, tuple(rules), started, finished)
