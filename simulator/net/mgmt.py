@@ -7,9 +7,10 @@
 * **Centralized Logging Service agent, MTLS 50001–50003 (I9–I11).** The CLS controller sends one
   synthetic query line and gets one reply (:mod:`simulator.wire.cls`).
 
-Each listener accepts plain TCP and then runs the TLS handshake itself (``StreamWriter.start_tls``), so a
-refused handshake is counted by reason (expired, untrusted, revoked …) instead of vanishing into
-asyncio's log; a verified peer whose certificate names no allowed server is refused as ``wrong-san``.
+Each listener accepts plain TCP and runs the TLS state machine itself (:class:`TlsStream`), so a refused
+handshake sends its alert to the peer and is counted by reason (expired, untrusted, revoked …) instead of
+vanishing into asyncio's log; a verified peer whose certificate names no allowed server is refused as
+``wrong-san``.
 """
 
 from __future__ import annotations
@@ -20,19 +21,18 @@ import hashlib
 import json
 import ssl
 from collections import Counter
-from collections.abc import Awaitable, Callable
 
 import h11
 
 from simulator.net.tls import classify_tls_error, peer_dns_names
+from simulator.net.tlsstream import TlsStream
 from simulator.report.verdict import Reason
-from simulator.wire.cls import ClsQuery, ClsReply, parse_query, parse_reply
+from simulator.wire.cls import MAX_LINE, ClsQuery, ClsReply, parse_query, parse_reply
 from simulator.wire.errors import MalformedMessage
 
 HANDSHAKE_TIMEOUT = 5.0
 MAX_BODY = 64 * 1024
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str], Awaitable[None]]
 
 
 class MtlsListener:
@@ -73,35 +73,33 @@ class MtlsListener:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        stream = TlsStream(reader, writer, self._context)
         try:
-            await self._serve(reader, writer)
+            await self._serve(stream)
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
         finally:
             self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await writer.wait_closed()
+            await stream.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, stream: TlsStream) -> None:
         try:
-            await writer.start_tls(self._context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+            await stream.handshake(HANDSHAKE_TIMEOUT)
         except (OSError, ssl.SSLError, TimeoutError) as error:
             self.rejected[str(classify_tls_error(error))] += 1
             return
-        names = peer_dns_names(writer.get_extra_info("peercert"))
+        names = peer_dns_names(stream.getpeercert())
         if self._allowed is not None and not names & self._allowed:
             self.rejected[str(Reason.WRONG_SAN)] += 1
-            await self.refuse(writer, Reason.WRONG_SAN)
+            await self.refuse(stream, Reason.WRONG_SAN)
             return
         self.accepted += 1
-        try:
-            await self.handle(reader, writer, min(names) if names else "")
-        except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
-            return
+        await self.handle(stream, min(names) if names else "")
 
-    async def refuse(self, writer: asyncio.StreamWriter, reason: Reason) -> None:
+    async def refuse(self, stream: TlsStream, reason: Reason) -> None:
         """Tell an authenticated but unwelcome peer why it is refused (protocol-specific)."""
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+    async def handle(self, stream: TlsStream, peer: str) -> None:
         raise NotImplementedError
 
 
@@ -115,14 +113,15 @@ class ClsAgentListener(MtlsListener):
         self.documented_port = port
         self.malformed = 0
 
-    async def refuse(self, writer: asyncio.StreamWriter, reason: Reason) -> None:
-        writer.write(ClsReply(403, (str(reason),)).serialize())
-        await writer.drain()
+    async def refuse(self, stream: TlsStream, reason: Reason) -> None:
+        stream.write(ClsReply(403, (str(reason),)).serialize())
+        await stream.drain()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+    async def handle(self, stream: TlsStream, peer: str) -> None:
+        writer = stream
         while True:
             try:
-                line = await reader.readuntil(b"\r\n")
+                line = await stream.readuntil(b"\r\n", MAX_LINE)
                 query = parse_query(line)
             except asyncio.LimitOverrunError:
                 self.malformed += 1
@@ -152,11 +151,12 @@ class CmsReplicationListener(MtlsListener):
         self.documents: list[bytes] = []
         self.malformed = 0
 
-    async def refuse(self, writer: asyncio.StreamWriter, reason: Reason) -> None:
+    async def refuse(self, stream: TlsStream, reason: Reason) -> None:
         connection = h11.Connection(h11.SERVER)
-        await _send_json(writer, connection, 403, {"error": str(reason)})
+        await _send_json(stream, connection, 403, {"error": str(reason)})
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+    async def handle(self, stream: TlsStream, peer: str) -> None:
+        reader = writer = stream
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         request: h11.Request | None = None
         body = bytearray()
@@ -197,7 +197,7 @@ class CmsReplicationListener(MtlsListener):
         })
 
 
-async def _send_json(writer: asyncio.StreamWriter, connection: h11.Connection, status: int,
+async def _send_json(writer: TlsStream, connection: h11.Connection, status: int,
                      payload: dict[str, object]) -> None:
     body = json.dumps(payload).encode()
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),

@@ -1,0 +1,153 @@
+"""The runner: verdicts per rule, blocked dependants, unimplemented never pass, stopped listeners fail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulator.lab.topology import Lab
+from simulator.report.verdict import Outcome, Reason, Verdict
+from simulator.scenario.probes import PROBES, ProbeContext
+from simulator.scenario.runner import run_rules
+from simulator.scenario.rules import RULES_BY_ID
+from simulator.scenario.schema import CertificateVariant, ClientRole, Scenario
+
+from ..conftest import ROOT, SHIPPED
+
+MGMT = ["I8", "I9", "I10", "I11"]
+
+
+async def test_management_rules_pass_and_the_rest_are_unimplemented(shipped_scenario: Scenario) -> None:
+    async with Lab(shipped_scenario) as lab:
+        results = {r.rule.id: r for r in await run_rules(lab, shipped_scenario.selected_rules)}
+    assert len(results) == 38
+    for rule_id in MGMT:
+        assert results[rule_id].verdict is Verdict.PASS, results[rule_id]
+        assert [o.node for o in results[rule_id].outcomes] == ["edge1", "edge2"]
+    for rule_id, result in results.items():
+        if RULES_BY_ID[rule_id].probe not in PROBES:
+            assert result.verdict is Verdict.UNIMPLEMENTED, rule_id
+
+
+async def test_stopping_a_listener_fails_its_rule_with_refused(shipped_scenario: Scenario) -> None:
+    async with Lab(shipped_scenario) as lab:
+        await lab.nodes["edge2"].stop_service("cms")
+        await lab.nodes["edge1"].stop_service("cls-50002")
+        results = {r.rule.id: r for r in await run_rules(lab, MGMT)}
+    assert results["I8"].verdict is Verdict.FAIL and results["I8"].reason == "refused"
+    assert [o.verdict for o in results["I8"].outcomes] == [Verdict.PASS, Verdict.FAIL]  # only edge2 is down
+    assert results["I10"].verdict is Verdict.FAIL and results["I10"].reason == "refused"
+    assert results["I9"].verdict is Verdict.PASS and results["I11"].verdict is Verdict.PASS
+
+
+async def test_a_silent_listener_fails_with_timeout(shipped_scenario: Scenario) -> None:
+    async with Lab(shipped_scenario) as lab:
+        listener = lab.nodes["edge1"].services["cls-50001"]
+        host, port = listener.host, listener.port
+        await listener.stop()
+        held: list[asyncio.StreamWriter] = []
+
+        async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)  # accept, then never answer: a firewall that blackholes after the SYN
+
+        server = await asyncio.start_server(swallow, host, port)
+        try:
+            results = await run_rules(lab, ["I9"], timeout=0.5)
+        finally:
+            for writer in held:
+                writer.close()
+            server.close()
+            await server.wait_closed()
+    assert results[0].verdict is Verdict.FAIL and results[0].reason == "timeout"
+
+
+@pytest.mark.parametrize("variant", [CertificateVariant.EXPIRED, CertificateVariant.WRONG_SAN])
+async def test_front_end_with_a_bad_certificate_fails_every_management_rule(
+        shipped_scenario: Scenario, variant: CertificateVariant) -> None:
+    clients = [c.model_copy(update={"certificate": variant}) if c.role is ClientRole.FRONT_END else c
+               for c in shipped_scenario.clients]
+    scenario = shipped_scenario.model_copy(update={"clients": clients})
+    async with Lab(scenario) as lab:
+        results = await run_rules(lab, MGMT)
+    assert {(r.verdict, r.reason) for r in results} == {(Verdict.FAIL, str(variant))}
+
+
+async def test_failed_prerequisite_blocks_its_dependants(shipped_scenario: Scenario,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    async def failing(ctx: ProbeContext, node: str) -> Outcome:
+        calls.append(ctx.rule.id)
+        return Outcome.failed(node, Reason.REFUSED, "test double: the Director refuses")
+
+    async def passing(ctx: ProbeContext, node: str) -> Outcome:
+        calls.append(ctx.rule.id)
+        return Outcome.passed(node, "test double")
+
+    monkeypatch.setitem(PROBES, "sip-internal-out", failing)  # I3
+    monkeypatch.setitem(PROBES, "sip-remote-signin", passing)  # E6, P3
+    monkeypatch.setitem(PROBES, "mras-in", passing)  # I5
+    monkeypatch.setitem(PROBES, "av-turn-udp-in", passing)  # E15, P6
+    async with Lab(shipped_scenario) as lab:
+        results = {r.rule.id: r for r in await run_rules(lab, ["E15", "E6", "I3", "I5", "I6", "P3"])}
+    assert results["I3"].verdict is Verdict.FAIL
+    assert results["E6"].verdict is Verdict.BLOCKED and results["E6"].blocked_by == "I3"
+    assert results["P3"].verdict is Verdict.BLOCKED and results["P3"].blocked_by == "I3"
+    # E15 needs E6 (blocked) and I5 (passed): blocked by E6, whose root cause is I3.
+    assert results["E15"].verdict is Verdict.BLOCKED and results["E15"].blocked_by == "E6"
+    assert "root: I3" in results["E15"].detail
+    assert results["I5"].verdict is Verdict.PASS
+    assert results["I6"].verdict is Verdict.UNIMPLEMENTED
+    assert "E6" not in calls and "E15" not in calls and "P3" not in calls  # blocked probes never ran
+
+
+def _edgesim(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "simulator.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120, check=False)
+
+
+def test_cli_run_writes_the_report_and_exits_0_on_the_shipped_scenario(tmp_path: Path) -> None:
+    result = _edgesim("run", str(SHIPPED), "--report-dir", str(tmp_path), "--no-progress")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "38 rules: 4 pass, 0 fail, 0 blocked, 34 unimplemented" in result.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [rule["id"] for rule in report["rules"]] == list(RULES_BY_ID)
+    for rule in report["rules"]:
+        assert {"id", "verdict", "reason", "blocked_by"} <= set(rule)
+        assert rule["verdict"] == ("pass" if rule["id"] in MGMT else "unimplemented")
+        assert rule["matches_expectation"] is True
+    assert report["summary"]["all_match_expectations"] is True
+    assert all(not host["address"].startswith("127.0.") for host in report["hosts"])
+
+
+def test_cli_run_exits_1_when_verdicts_differ_from_expectations(tmp_path: Path) -> None:
+    scenario = tmp_path / "strict.yaml"
+    scenario.write_text(SHIPPED.read_text().replace("  I9: pass", "  I9: fail:refused"), encoding="utf-8")
+    result = _edgesim("run", str(scenario), "--report-dir", str(tmp_path), "--no-progress", "--rules", "I8", "I9")
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {r["id"]: r["matches_expectation"] for r in report["rules"]} == {"I8": True, "I9": False}
+
+
+def test_cli_validate_and_rules(tmp_path: Path) -> None:
+    assert _edgesim("validate", str(SHIPPED)).returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SHIPPED.read_text().replace("count: 4", "cuont: 4"), encoding="utf-8")
+    result = _edgesim("validate", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}:" in result.stderr and "clients[2].cuont: unknown field" in result.stderr
+    listing = json.loads(_edgesim("rules", "--json").stdout)
+    assert len(listing) == 38
+    assert len(json.loads(_edgesim("rules", "--json", "--table", "pic").stdout)) == 6
+
+
+def test_cli_certs_writes_the_pki(tmp_path: Path) -> None:
+    result = _edgesim("certs", "--out", str(tmp_path / "certs"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "certs" / "ca.pem").exists() and (tmp_path / "certs" / "crl.pem").exists()
+    assert (tmp_path / "certs" / "edge-external.pem").exists()
