@@ -1,23 +1,35 @@
-"""Build and run the embedded lab of a scenario: address plan, PKI, Edge nodes, client identities.
+"""Build and run the embedded lab of a scenario: address plan, PKI, DNS, CRL server, Edge nodes.
 
-``async with Lab(scenario) as lab:`` writes the PKI to a private folder, starts every pool node's
-listeners on their own loopback addresses, and stops and cleans everything on exit.
+``async with Lab(scenario) as lab:`` writes the PKI to a private folder, starts the lab DNS server
+(the scenario's zone, UDP and TCP), the CRL distribution point (HTTP) and every pool node's listeners on
+their own loopback addresses, and stops and cleans everything on exit.
 """
 
 from __future__ import annotations
 
+import random
 import ssl
 import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from simulator.core.dns_zone import Zone
 from simulator.lab.addressing import AddressPlan, HostKind, PortMap
+from simulator.lab.names import zone_records
 from simulator.lab.pki import LabPki, PkiFiles, build_pki
+from simulator.net.dns import DnsServer
 from simulator.net.edge import CLS_PORTS, CMS_PORT, EdgeNode, EdgeNodeConfig
+from simulator.net.http import StaticHttpServer
 from simulator.net.tls import client_context, server_context
 from simulator.scenario.schema import INTERNAL_ROLES, SERVER_ROLES, CertificateVariant, Client, Scenario
 
 DOCUMENTED_PORTS = (CMS_PORT, *CLS_PORTS)
+DNS_PORT = 53
+CRL_PORT = 80
+CRL_PATH = "/lab-root.crl"
 
 
 class Lab:
@@ -31,6 +43,9 @@ class Lab:
         self._folder: tempfile.TemporaryDirectory[str] | None = None
         self.files: PkiFiles | None = None
         self.nodes: dict[str, EdgeNode] = {}
+        self.zone = Zone.from_records(zone_records(scenario, self.plan))
+        self.dns: DnsServer | None = None
+        self.crl_server: StaticHttpServer | None = None
 
     @property
     def internal_peer_names(self) -> frozenset[str]:
@@ -44,6 +59,14 @@ class Lab:
         internal_context = server_context(*self.files.cert("edge-internal"), ca=self.files.ca, crl=self.files.crl)
         pool = self.scenario.edge_pool
         try:
+            shuffle = random.Random(self.scenario.seed) if self.scenario.dns.shuffle else None
+            self.dns = DnsServer(self.zone, self.plan.host("dns").address, self.port_map(DNS_PORT),
+                                 shuffle_rng=shuffle)
+            await self.dns.start()
+            crl_der = x509.load_pem_x509_crl(self.pki.crl_pem).public_bytes(Encoding.DER)
+            self.crl_server = StaticHttpServer(self.plan.host("crl").address, self.port_map(CRL_PORT),
+                                               {CRL_PATH: ("application/pkix-crl", crl_der)})
+            await self.crl_server.start()
             for node in pool.nodes:
                 config = EdgeNodeConfig(
                     name=node.name,
@@ -63,6 +86,10 @@ class Lab:
     async def stop(self) -> None:
         for edge in self.nodes.values():
             await edge.stop()
+        if self.crl_server is not None:
+            await self.crl_server.stop()
+        if self.dns is not None:
+            await self.dns.stop()
         if self._folder is not None:
             self._folder.cleanup()
             self._folder = None

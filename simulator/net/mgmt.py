@@ -183,8 +183,7 @@ class CmsReplicationListener(MtlsListener):
         except h11.RemoteProtocolError as error:
             self.malformed += 1
             if connection.our_state in {h11.IDLE, h11.SEND_RESPONSE}:
-                await _send_json(writer, h11.Connection(h11.SERVER), error.error_status_hint,
-                                 {"error": "malformed request"})
+                await _send_json(writer, connection, error.error_status_hint, {"error": "malformed request"})
             return
         assert request is not None
         if request.method != b"POST" or request.target != self.PATH:

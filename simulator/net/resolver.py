@@ -87,17 +87,32 @@ class StubResolver:
     edns_payload: int | None = None
     counters: ResolverCounters = field(default_factory=ResolverCounters)
 
-    async def query(self, name: str, rdtype: str) -> DnsAnswer:
-        """Send one query for (``name``, ``rdtype``), UDP first, TCP when truncated; any RCODE returned."""
+    async def query(self, name: str, rdtype: str, transport: str = "auto") -> DnsAnswer:
+        """Send one query for (``name``, ``rdtype``); any RCODE returned.
+
+        ``transport``: ``auto`` — UDP first, TCP when truncated (RFC 7766 §5); ``udp`` — UDP only (a
+        truncated answer comes back as it is); ``tcp`` — TCP only.
+        """
+        if transport not in ("auto", "udp", "tcp"):
+            raise ValueError(f"transport must be auto, udp or tcp, not {transport!r}")
         use_edns = 0 if self.edns_payload is not None else False
         request = dns.message.make_query(
             name, dns.rdatatype.from_text(rdtype), use_edns=use_edns, payload=self.edns_payload or 512
         )
         self.counters.queries += 1
         try:
-            response, used_tcp = await dns.asyncquery.udp_with_fallback(
-                request, self.server_host, timeout=self.timeout, port=self.server_port, source=self.source
-            )
+            if transport == "auto":
+                response, used_tcp = await dns.asyncquery.udp_with_fallback(
+                    request, self.server_host, timeout=self.timeout, port=self.server_port, source=self.source
+                )
+            elif transport == "udp":
+                response = await dns.asyncquery.udp(request, self.server_host, timeout=self.timeout,
+                                                    port=self.server_port, source=self.source, ignore_trailing=True)
+                used_tcp = False
+            else:
+                response = await dns.asyncquery.tcp(request, self.server_host, timeout=self.timeout,
+                                                    port=self.server_port, source=self.source)
+                used_tcp = True
         except dns.exception.Timeout:
             self.counters.timeouts += 1
             raise ResolverTimeout(
@@ -106,18 +121,18 @@ class StubResolver:
             ) from None
         except dns.exception.DNSException as error:
             raise ResolverError(f"bad response for {name} {rdtype}: {error}") from None
-        if used_tcp:
+        if used_tcp and transport == "auto":
             self.counters.tcp_retries += 1
         return _summarise(response, used_tcp)
 
-    async def resolve_a(self, name: str) -> list[str]:
+    async def resolve_a(self, name: str, transport: str = "auto") -> list[str]:
         """All A addresses of ``name`` in the order the server gave them; ``[]`` for NODATA."""
-        answer = _checked(await self.query(name, "A"), name)
+        answer = _checked(await self.query(name, "A", transport), name)
         return list(answer.addresses)
 
-    async def resolve_srv(self, name: str) -> list[SrvTarget]:
+    async def resolve_srv(self, name: str, transport: str = "auto") -> list[SrvTarget]:
         """SRV targets of ``name``, lowest priority first, then highest weight (RFC 2782 order)."""
-        answer = _checked(await self.query(name, "SRV"), name)
+        answer = _checked(await self.query(name, "SRV", transport), name)
         return sorted(answer.srv_targets, key=lambda srv: (srv.priority, -srv.weight))
 
 

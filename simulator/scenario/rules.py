@@ -132,7 +132,7 @@ RULES: tuple[Rule, ...] = (
     _r("E2", Table.EXTERNAL, _EXT, Service.XMPP, "XMPP", _T, 5269, _OUT, "XMPP proxy (Access Edge IP)", "Any",
        "XMPP proxy sends traffic to XMPP contacts in defined federations", "xmpp-s2s-out", ("I1", "E4")),
     _r("E3", Table.EXTERNAL, _EXT, Service.ACCESS, "HTTP", _T, 80, _OUT, "Access Edge", "Any",
-       "certificate revocation / CRL check and retrieval", "crl-fetch"),
+       "certificate revocation / CRL check and retrieval", "crl-fetch", ("E5",)),
     _r("E4", Table.EXTERNAL, _EXT, Service.ACCESS, "DNS", _T, 53, _OUT, "Access Edge", "Any",
        "DNS query over TCP", "dns-tcp"),
     _r("E5", Table.EXTERNAL, _EXT, Service.ACCESS, "DNS", _U, 53, _OUT, "Access Edge", "Any",

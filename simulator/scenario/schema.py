@@ -184,6 +184,19 @@ class DnsRecord(_Model):
     port: int | None = Field(None, ge=1, le=65535)
     target: Fqdn | None = None
 
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> DnsRecord:
+        if self.type == "SRV" and (self.port is None or self.target is None):
+            raise ValueError("an SRV record needs 'port' and 'target'")
+        if self.type == "A":
+            try:
+                IPv4Address(self.value or "")
+            except ValueError:
+                raise ValueError("an A record needs an IPv4 address in 'value'") from None
+        if self.type == "CNAME" and not self.value:
+            raise ValueError("a CNAME record needs the target name in 'value'")
+        return self
+
 
 class DnsSpec(_Model):
     """The lab's DNS: pool A records are derived from the pool; extra records are served as given."""

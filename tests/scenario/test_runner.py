@@ -9,24 +9,28 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
+from simulator.lab.pki import build_pki
 from simulator.lab.topology import Lab
 from simulator.report.verdict import Outcome, Reason, Verdict
 from simulator.scenario.probes import PROBES, ProbeContext
-from simulator.scenario.runner import run_rules
 from simulator.scenario.rules import RULES_BY_ID
+from simulator.scenario.runner import run_rules
 from simulator.scenario.schema import CertificateVariant, ClientRole, Scenario
 
 from ..conftest import ROOT, SHIPPED
 
 MGMT = ["I8", "I9", "I10", "I11"]
+PASSING = ["E3", "E4", "E5", *MGMT]  # the rules with a probe so far
 
 
-async def test_management_rules_pass_and_the_rest_are_unimplemented(shipped_scenario: Scenario) -> None:
+async def test_probed_rules_pass_and_the_rest_are_unimplemented(shipped_scenario: Scenario) -> None:
     async with Lab(shipped_scenario) as lab:
         results = {r.rule.id: r for r in await run_rules(lab, shipped_scenario.selected_rules)}
     assert len(results) == 38
-    for rule_id in MGMT:
+    for rule_id in PASSING:
         assert results[rule_id].verdict is Verdict.PASS, results[rule_id]
         assert [o.node for o in results[rule_id].outcomes] == ["edge1", "edge2"]
     for rule_id, result in results.items():
@@ -64,6 +68,34 @@ async def test_a_silent_listener_fails_with_timeout(shipped_scenario: Scenario) 
             server.close()
             await server.wait_closed()
     assert results[0].verdict is Verdict.FAIL and results[0].reason == "timeout"
+
+
+async def test_dns_down_fails_e4_e5_and_blocks_the_crl_fetch(shipped_scenario: Scenario) -> None:
+    async with Lab(shipped_scenario) as lab:
+        assert lab.dns is not None
+        await lab.dns.stop()
+        results = {r.rule.id: r for r in await run_rules(lab, ["E3", "E4", "E5"], timeout=0.5)}
+    assert (results["E4"].verdict, results["E4"].reason) == (Verdict.FAIL, "refused")  # TCP: RST
+    assert (results["E5"].verdict, results["E5"].reason) == (Verdict.FAIL, "timeout")  # UDP: silence
+    assert results["E3"].verdict is Verdict.BLOCKED and results["E3"].blocked_by == "E5"
+
+
+async def test_crl_server_down_fails_e3_with_refused(shipped_scenario: Scenario) -> None:
+    async with Lab(shipped_scenario) as lab:
+        assert lab.crl_server is not None
+        await lab.crl_server.stop()
+        results = await run_rules(lab, ["E3"])
+    assert (results[0].verdict, results[0].reason) == (Verdict.FAIL, "refused")
+
+
+async def test_a_crl_from_another_ca_is_untrusted(shipped_scenario: Scenario) -> None:
+    async with Lab(shipped_scenario) as lab:
+        assert lab.crl_server is not None
+        other = build_pki(shipped_scenario)  # same names, another root CA
+        lab.crl_server.documents["/lab-root.crl"] = (
+            "application/pkix-crl", x509.load_pem_x509_crl(other.crl_pem).public_bytes(Encoding.DER))
+        results = await run_rules(lab, ["E3"])
+    assert (results[0].verdict, results[0].reason) == (Verdict.FAIL, "untrusted")
 
 
 @pytest.mark.parametrize("variant", [CertificateVariant.EXPIRED, CertificateVariant.WRONG_SAN])
@@ -114,12 +146,12 @@ def _edgesim(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 def test_cli_run_writes_the_report_and_exits_0_on_the_shipped_scenario(tmp_path: Path) -> None:
     result = _edgesim("run", str(SHIPPED), "--report-dir", str(tmp_path), "--no-progress")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "38 rules: 4 pass, 0 fail, 0 blocked, 34 unimplemented" in result.stdout
+    assert "38 rules: 7 pass, 0 fail, 0 blocked, 31 unimplemented" in result.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert [rule["id"] for rule in report["rules"]] == list(RULES_BY_ID)
     for rule in report["rules"]:
         assert {"id", "verdict", "reason", "blocked_by"} <= set(rule)
-        assert rule["verdict"] == ("pass" if rule["id"] in MGMT else "unimplemented")
+        assert rule["verdict"] == ("pass" if rule["id"] in PASSING else "unimplemented")
         assert rule["matches_expectation"] is True
     assert report["summary"]["all_match_expectations"] is True
     assert all(not host["address"].startswith("127.0.") for host in report["hosts"])

@@ -1,0 +1,116 @@
+"""Plain HTTP/1.1 (h11) for the lab's CRL distribution point (rule E3) and the client that fetches it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import h11
+
+MAX_RESPONSE = 1024 * 1024
+
+
+class StaticHttpServer:
+    """Serves a fixed set of documents (path → (content type, body)) on one address; 404 otherwise."""
+
+    def __init__(self, host: str, port: int, documents: dict[str, tuple[str, bytes]]) -> None:
+        self.host = host
+        self.port = port
+        self.documents = documents
+        self.requests = 0
+        self.malformed = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connected, self.host, self.port, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        request: h11.Request | None = None
+        try:
+            while request is None:
+                event = connection.next_event()
+                if event is h11.NEED_DATA:
+                    data = await asyncio.wait_for(reader.read(65536), 10)
+                    if not data:
+                        return
+                    connection.receive_data(data)
+                elif isinstance(event, h11.Request):
+                    request = event
+                elif isinstance(event, h11.ConnectionClosed):
+                    return
+        except h11.RemoteProtocolError as error:
+            self.malformed += 1
+            # h11 lets a server answer from IDLE when the request itself was bad.
+            status, content_type, body = error.error_status_hint, "text/plain", b"bad request\n"
+        else:
+            self.requests += 1
+            found = self.documents.get(request.target.decode("ascii", "replace"))
+            if request.method not in (b"GET", b"HEAD"):
+                status, content_type, body = 405, "text/plain", b"method not allowed\n"
+            elif found is None:
+                status, content_type, body = 404, "text/plain", b"not found\n"
+            else:
+                status, (content_type, body) = 200, found
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close")]
+        writer.write((connection.send(h11.Response(status_code=status, headers=headers)) or b"")
+                     + (connection.send(h11.Data(data=body)) or b"") + (connection.send(h11.EndOfMessage()) or b""))
+        await writer.drain()
+
+
+async def http_get(host: str, port: int, path: str, host_header: str, timeout: float,
+                   source: str | None = None) -> tuple[int, bytes]:
+    """GET ``path``; returns (status, body). Raises OSError/TimeoutError/h11.RemoteProtocolError."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0) if source else None)
+        try:
+            connection = h11.Connection(h11.CLIENT)
+            writer.write((connection.send(h11.Request(method="GET", target=path, headers=[
+                ("Host", host_header), ("Connection", "close")])) or b"") + (connection.send(h11.EndOfMessage())
+                                                                             or b""))
+            await writer.drain()
+            status = 0
+            body = bytearray()
+            while True:
+                event = connection.next_event()
+                if event is h11.NEED_DATA:
+                    connection.receive_data(await reader.read(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > MAX_RESPONSE:
+                        raise h11.RemoteProtocolError("response too large")
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    return status, bytes(body)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
