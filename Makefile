@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check simulator tests benchmarks
+	$(BIN)/ruff check simulator tests $(wildcard benchmarks)
 	$(BIN)/mypy
 
 bench: $(STAMP)
