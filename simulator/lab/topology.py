@@ -16,17 +16,20 @@ from types import TracebackType
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from simulator.core.credentials import CredentialStore
 from simulator.core.dns_zone import Zone
-from simulator.lab.addressing import AddressPlan, HostKind, PortMap
+from simulator.lab import mgmt  # noqa: F401  (registers the management services)
+from simulator.lab.addressing import AddressPlan, PortMap
 from simulator.lab.names import zone_records
 from simulator.lab.pki import LabPki, PkiFiles, build_pki
+from simulator.lab.services import LAB_SERVICES, NODE_SERVICES
 from simulator.net.dns import DnsServer
-from simulator.net.edge import CLS_PORTS, CMS_PORT, EdgeNode, EdgeNodeConfig
+from simulator.net.edge import EdgeNode, Service
 from simulator.net.http import StaticHttpServer
 from simulator.net.tls import client_context, server_context
 from simulator.scenario.schema import INTERNAL_ROLES, SERVER_ROLES, CertificateVariant, Client, Scenario
+from simulator.scenario.schema import EdgeNode as NodeSpec
 
-DOCUMENTED_PORTS = (CMS_PORT, *CLS_PORTS)
 DNS_PORT = 53
 CRL_PORT = 80
 CRL_PATH = "/lab-root.crl"
@@ -46,6 +49,9 @@ class Lab:
         self.zone = Zone.from_records(zone_records(scenario, self.plan))
         self.dns: DnsServer | None = None
         self.crl_server: StaticHttpServer | None = None
+        self.credentials = CredentialStore()  # pool-wide: MRAS issues, every A/V Edge checks
+        self.services: dict[str, Service] = {}  # lab services that are not on a node
+        self.rng = random.Random(scenario.seed)
 
     @property
     def internal_peer_names(self) -> frozenset[str]:
@@ -53,10 +59,23 @@ class Lab:
         return frozenset(client.fqdn for client in self.scenario.clients
                          if client.role in INTERNAL_ROLES and client.fqdn is not None)
 
+    def internal_server_context(self) -> ssl.SSLContext:
+        """Mutual TLS on the Edge's internal interface: the edge-internal certificate, CRL-checked peers."""
+        assert self.files is not None, "the lab is not started"
+        return server_context(*self.files.cert("edge-internal"), ca=self.files.ca, crl=self.files.crl)
+
+    def external_server_context(self, require_client_cert: bool) -> ssl.SSLContext:
+        """TLS on the Edge's external interface: the edge-external certificate (sip., webconf., av.)."""
+        assert self.files is not None, "the lab is not started"
+        return server_context(*self.files.cert("edge-external"), ca=self.files.ca, crl=self.files.crl,
+                              require_client_cert=require_client_cert)
+
+    def node_spec(self, name: str) -> NodeSpec:
+        return next(node for node in self.scenario.edge_pool.nodes if node.name == name)
+
     async def start(self) -> None:
         self._folder = tempfile.TemporaryDirectory(prefix="edgesim-pki-")
         self.files = self.pki.write(self._folder.name)
-        internal_context = server_context(*self.files.cert("edge-internal"), ca=self.files.ca, crl=self.files.crl)
         pool = self.scenario.edge_pool
         try:
             shuffle = random.Random(self.scenario.seed) if self.scenario.dns.shuffle else None
@@ -67,16 +86,15 @@ class Lab:
             self.crl_server = StaticHttpServer(self.plan.host("crl").address, self.port_map(CRL_PORT),
                                                {CRL_PATH: ("application/pkix-crl", crl_der)})
             await self.crl_server.start()
+            for lab_builder in LAB_SERVICES:
+                for name, service in lab_builder(self).items():
+                    self.services[name] = service
+                    await service.start()
             for node in pool.nodes:
-                config = EdgeNodeConfig(
-                    name=node.name,
-                    internal_address=self.plan.one(node.name, HostKind.EDGE_INTERNAL).address,
-                    internal_fqdn=node.internal_fqdn or pool.internal_fqdn,
-                    internal_context=internal_context,
-                    internal_peers=self.internal_peer_names,
-                    port={port: self.port_map(port) for port in DOCUMENTED_PORTS},
-                )
-                edge = EdgeNode(config)
+                services: dict[str, Service] = {}
+                for node_builder in NODE_SERVICES:
+                    services.update(node_builder(self, node))
+                edge = EdgeNode(node.name, services)
                 self.nodes[node.name] = edge
                 await edge.start()
         except BaseException:
@@ -86,6 +104,8 @@ class Lab:
     async def stop(self) -> None:
         for edge in self.nodes.values():
             await edge.stop()
+        for service in reversed(list(self.services.values())):
+            await service.stop()
         if self.crl_server is not None:
             await self.crl_server.stop()
         if self.dns is not None:

@@ -1,53 +1,40 @@
-"""One Edge pool node in the embedded lab: the listeners it runs on its interfaces.
+"""One Edge pool node in the embedded lab: the named services (listeners) it runs.
 
-Each service is a named listener so a scenario (or a test) can stop one mid-run. This issue brings the
-internal management listeners (CMS replication 4443, CLS agent 50001–50003); the Access, Web
-Conferencing and A/V services join as their issues land.
+A service is anything with ``start()``/``stop()`` and a ``running`` flag. Each has a name so a scenario
+step (or a test) can stop one mid-run (``stop_service("cms")``) and see which rules fail. The Lab decides
+which services a node runs (:mod:`simulator.lab.services`).
 """
 
 from __future__ import annotations
 
-import ssl
-from dataclasses import dataclass
-
-from simulator.net.mgmt import ClsAgentListener, CmsReplicationListener, MtlsListener
-
-CMS_PORT = 4443
-CLS_PORTS = (50001, 50002, 50003)
+from typing import Protocol
 
 
-@dataclass(frozen=True, slots=True)
-class EdgeNodeConfig:
-    """Where one node lives and how it authenticates (built by :class:`simulator.lab.topology.Lab`)."""
+class Service(Protocol):
+    """A listener or a set of listeners that can be started and stopped."""
 
-    name: str
-    internal_address: str
-    internal_fqdn: str
-    internal_context: ssl.SSLContext  # mutual TLS, CRL-checked, the edge-internal certificate
-    internal_peers: frozenset[str]  # names of the internal servers allowed to connect (FE, Director)
-    port: dict[int, int]  # documented port → port actually bound
+    @property
+    def running(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class EdgeNode:
-    """The listeners of one pool node, started and stopped together or one by one."""
+    """The services of one pool node, started in order and stopped in reverse order."""
 
-    def __init__(self, config: EdgeNodeConfig) -> None:
-        self.config = config
-        address, context, peers = config.internal_address, config.internal_context, config.internal_peers
-        self.services: dict[str, MtlsListener] = {
-            "cms": CmsReplicationListener(config.name, address, config.port[CMS_PORT], context, peers),
-        }
-        for documented in CLS_PORTS:
-            self.services[f"cls-{documented}"] = ClsAgentListener(
-                config.name, address, config.port[documented], context, peers)
+    def __init__(self, name: str, services: dict[str, Service]) -> None:
+        self.name = name
+        self.services = services
 
     async def start(self) -> None:
-        for listener in self.services.values():
-            await listener.start()
+        for service in self.services.values():
+            await service.start()
 
     async def stop(self) -> None:
-        for listener in self.services.values():
-            await listener.stop()
+        for service in reversed(list(self.services.values())):
+            await service.stop()
 
     async def stop_service(self, name: str) -> None:
         await self.services[name].stop()
