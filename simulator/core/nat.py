@@ -232,7 +232,7 @@ class NatTable:
             return None
         # RFC 4787 §6 REQ-9: hairpinned packets carry the sender's external address and are filtered
         internal = self._admit(transport, binding.external, dst, now)
-        return None if internal is None else Translation(binding.external, internal)
+        return None if internal is None else Translation(src, internal)
 
     def inbound(self, transport: Transport, src: Address, dst: Address, now: float) -> Translation | None:
         """Return the packet for the internal endpoint behind ``dst`` (source unchanged), or ``None``.
@@ -299,7 +299,7 @@ class NatTable:
     def _create(
         self, transport: Transport, src: Address, key: tuple[Transport, Address, object], now: float
     ) -> _Binding | None:
-        pass  # must not hold a port (or the preserved port) any longer
+        self.expire(now)  # expired bindings must not hold a port (or the preserved port) any longer
         pool = self._pool(transport)
         lease = pool.claim(src[1], now) if self.config.port_preservation else None  # RFC 4787 §4.2.1
         if lease is None:

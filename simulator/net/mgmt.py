@@ -26,7 +26,7 @@ import h11
 
 from simulator.net.tls import classify_tls_error, peer_dns_names
 from simulator.net.tlsstream import TlsStream
-from simulator.report.verdict import Reason
+from simulator.report.verdict import ProbeFailure, Reason
 from simulator.wire.cls import MAX_LINE, ClsQuery, ClsReply, parse_query, parse_reply
 from simulator.wire.errors import MalformedMessage
 
@@ -209,15 +209,6 @@ async def _send_json(writer: TlsStream, connection: h11.Connection, status: int,
 
 
 # ---------------------------------------------------------------------------------------------- clients
-
-
-class ProbeFailure(Exception):
-    """A client-side failure with its reason code."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 async def _open_tls(host: str, port: int, context: ssl.SSLContext, server_name: str,

@@ -51,3 +51,12 @@ class Outcome:
     @classmethod
     def failed(cls, node: str, reason: Reason, detail: str = "") -> Outcome:
         return cls(node, Verdict.FAIL, reason, detail)
+
+
+class ProbeFailure(Exception):
+    """A client-side failure with its reason code; probes turn it into a ``fail`` outcome."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -12,9 +12,8 @@ from simulator.lab.addressing import HostKind
 from simulator.lab.names import crl_host
 from simulator.lab.topology import CRL_PATH, CRL_PORT
 from simulator.net.http import http_get
-from simulator.net.mgmt import ProbeFailure
 from simulator.net.tls import classify_tls_error
-from simulator.report.verdict import Outcome, Reason
+from simulator.report.verdict import Outcome, ProbeFailure, Reason
 from simulator.scenario.probing import ProbeContext, access_edge_resolver, guarded, probe, resolve
 from simulator.scenario.schema import ClientRole
 

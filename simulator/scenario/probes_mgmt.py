@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from simulator.net.mgmt import ProbeFailure, cls_query, cms_push
-from simulator.report.verdict import Outcome, Reason
+from simulator.net.mgmt import cls_query, cms_push
+from simulator.report.verdict import Outcome, ProbeFailure, Reason
 from simulator.scenario.probing import ProbeContext, guarded, internal_target, peer, probe
 from simulator.scenario.schema import ClientRole
 

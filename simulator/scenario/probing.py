@@ -16,10 +16,9 @@ from typing import TypeVar
 
 from simulator.lab.addressing import HostKind
 from simulator.lab.topology import DNS_PORT, Lab
-from simulator.net.mgmt import ProbeFailure
 from simulator.net.resolver import NameNotFound, ResolverError, ResolverTimeout, StubResolver
 from simulator.net.tls import classify_tls_error
-from simulator.report.verdict import Outcome, Reason, Verdict
+from simulator.report.verdict import Outcome, ProbeFailure, Reason, Verdict
 from simulator.scenario.rules import Rule
 from simulator.scenario.schema import Client, ClientRole
 

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from simulator.lab.addressing import HostKind
 from simulator.lab.topology import Lab
-from simulator.net.mgmt import ClsAgentListener, CmsReplicationListener, ProbeFailure, cls_query, cms_push
+from simulator.net.mgmt import ClsAgentListener, CmsReplicationListener, cls_query, cms_push
 from simulator.net.tls import client_context
-from simulator.report.verdict import Reason
+from simulator.report.verdict import ProbeFailure, Reason
 from simulator.scenario.schema import CertificateVariant, ClientRole, Scenario
 from simulator.wire.cls import parse_query, parse_reply
 from simulator.wire.errors import MalformedMessage
