@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from simulator.core.credentials import CredentialStore
 from simulator.core.dns_zone import Zone
-from simulator.lab import mgmt  # noqa: F401  (registers the management services)
-from simulator.lab.addressing import AddressPlan, PortMap
+from simulator.lab import mgmt, webconf  # noqa: F401  (registers their services)
+from simulator.lab.addressing import AddressPlan, HostKind, PortMap
 from simulator.lab.names import zone_records
 from simulator.lab.pki import LabPki, PkiFiles, build_pki
 from simulator.lab.services import LAB_SERVICES, NODE_SERVICES
@@ -52,6 +52,7 @@ class Lab:
         self.credentials = CredentialStore()  # pool-wide: MRAS issues, every A/V Edge checks
         self.services: dict[str, Service] = {}  # lab services that are not on a node
         self.rng = random.Random(scenario.seed)
+        self.conference_key = f"conf-{self.rng.getrandbits(64):016x}"  # what SIP would hand a meeting joiner
 
     @property
     def internal_peer_names(self) -> frozenset[str]:
@@ -70,6 +71,22 @@ class Lab:
         return server_context(*self.files.cert("edge-external"), ca=self.files.ca, crl=self.files.crl,
                               require_client_cert=require_client_cert)
 
+    def external_bind(self, node: str, service: str) -> str:
+        """Where a node's external ``service`` (access, webconf, av) listens in the embedded lab.
+
+        The pool's static 1:1 NAT preserves inbound source addresses (DNAT only), which is what a listener
+        bound to the public address observes, so external services bind their node's public address; the
+        Edge still knows its private addresses (``private_addresses``) and must never reveal them.
+        """
+        kind = {"access": HostKind.EDGE_ACCESS_PUBLIC, "webconf": HostKind.EDGE_WEBCONF_PUBLIC,
+                "av": HostKind.EDGE_AV_PUBLIC}[service]
+        return self.plan.one(node, kind).address
+
+    def private_addresses(self, node: str) -> frozenset[str]:
+        """A node's external private addresses: behind the 1:1 NAT, never to appear on the wire."""
+        kinds = (HostKind.EDGE_ACCESS_PRIVATE, HostKind.EDGE_WEBCONF_PRIVATE, HostKind.EDGE_AV_PRIVATE)
+        return frozenset(self.plan.one(node, kind).address for kind in kinds)
+
     def node_spec(self, name: str) -> NodeSpec:
         return next(node for node in self.scenario.edge_pool.nodes if node.name == name)
 
@@ -86,10 +103,6 @@ class Lab:
             self.crl_server = StaticHttpServer(self.plan.host("crl").address, self.port_map(CRL_PORT),
                                                {CRL_PATH: ("application/pkix-crl", crl_der)})
             await self.crl_server.start()
-            for lab_builder in LAB_SERVICES:
-                for name, service in lab_builder(self).items():
-                    self.services[name] = service
-                    await service.start()
             for node in pool.nodes:
                 services: dict[str, Service] = {}
                 for node_builder in NODE_SERVICES:
@@ -97,15 +110,20 @@ class Lab:
                 edge = EdgeNode(node.name, services)
                 self.nodes[node.name] = edge
                 await edge.start()
+            # Lab peers start after the nodes: some connect to them at start (the Front End's 8057 links).
+            for lab_builder in LAB_SERVICES:
+                for name, service in lab_builder(self).items():
+                    self.services[name] = service
+                    await service.start()
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self) -> None:
-        for edge in self.nodes.values():
-            await edge.stop()
         for service in reversed(list(self.services.values())):
             await service.stop()
+        for edge in self.nodes.values():
+            await edge.stop()
         if self.crl_server is not None:
             await self.crl_server.stop()
         if self.dns is not None:
