@@ -21,8 +21,8 @@ async def psom_frontend_in(ctx: ProbeContext, node: str) -> Outcome:
         frontend = peer(ctx, ClientRole.FRONT_END)
         address, name = internal_target(ctx, node)
         port = ctx.lab.port_map(PSOM_INTERNAL_PORT)
-        reader, writer = await psom_register(address, port, ctx.lab.peer_client_context(frontend), name,
-                                             frontend.fqdn or frontend.name, ctx.timeout)
+        _reader, writer = await psom_register(address, port, ctx.lab.peer_client_context(frontend), name,
+                                              frontend.fqdn or frontend.name, ctx.timeout)
         writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):
             await writer.wait_closed()
