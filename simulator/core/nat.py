@@ -174,7 +174,7 @@ class NatTable:
     """A dynamic RFC 4787 NAPT with one public IP and external ports from ``port_range``.
 
     ``rng`` seeds the external-port shuffle of each transport. The port pools are created on first
-    use, so an unused transport costs nothing.
+    use (or by :meth:`prepare`), so an unused transport costs nothing. ``now`` must not go backwards.
     """
 
     def __init__(
@@ -204,6 +204,14 @@ class NatTable:
         self.bindings_created = 0
         self.bindings_expired = 0
 
+    def prepare(self, *transports: Transport) -> None:
+        """Build the external-port pools now (default: both), not on the first packet.
+
+        A pool over the default 1024–65535 range takes about 75 ms to shuffle on the reference machine.
+        """
+        for transport in transports or ("udp", "tcp"):
+            self._pool(transport)
+
     def outbound(self, transport: Transport, src: Address, dst: Address, now: float) -> Translation | None:
         """Map ``src`` (creating or refreshing its binding) and return the packet to send.
 
@@ -232,7 +240,7 @@ class NatTable:
             return None
         # RFC 4787 §6 REQ-9: hairpinned packets carry the sender's external address and are filtered
         internal = self._admit(transport, binding.external, dst, now)
-        return None if internal is None else Translation(src, internal)
+        return None if internal is None else Translation(binding.external, internal)
 
     def inbound(self, transport: Transport, src: Address, dst: Address, now: float) -> Translation | None:
         """Return the packet for the internal endpoint behind ``dst`` (source unchanged), or ``None``.
