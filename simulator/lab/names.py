@@ -14,6 +14,10 @@ from simulator.scenario.schema import ClientRole, Scenario
 
 Record = dict[str, object]
 
+DNS_PORT = 53
+CRL_PORT = 80
+CRL_PATH = "/lab-root.crl"
+
 _SRV_FOR_ROLE: dict[ClientRole, tuple[str, int]] = {
     ClientRole.FEDERATED_PARTNER: ("_sipfederationtls._tcp", 5061),
     ClientRole.PIC_PARTNER: ("_sipfederationtls._tcp", 5061),

@@ -3,8 +3,8 @@
 Made with ``cryptography`` (no hand-written ASN.1). Keys are EC P-256: fast to make on every run and
 accepted by every TLS stack the lab talks to. Names come from the scenario:
 
-* ``edge-external`` — subject ``sip.<domain>``, SANs the pool's access, webconf and av names (server and
-  client auth: the Access Edge also opens MTLS 5061 to partners);
+* ``edge-external`` — subject ``sip.<domain>``, SANs the pool's access, webconf and av names and the SIP
+  domain (server and client auth: the Access Edge also opens MTLS 5061 to partners, the XMPP proxy 5269);
 * ``edge-internal`` — subject the internal pool name, SANs the pool and every node's internal name;
 * one identity per server-like peer (Front End, Director, federated/PIC partner Edge, XMPP partner) named
   by its ``fqdn``;
@@ -166,7 +166,8 @@ def identity_names(scenario: Scenario) -> dict[str, tuple[str, ...]]:
     """Identity name → the DNS names its certificate carries (first = subject CN)."""
     pool = scenario.edge_pool
     names: dict[str, tuple[str, ...]] = {
-        "edge-external": (pool.access_fqdn, pool.webconf_fqdn, pool.av_fqdn),
+        # The SIP domain too: the XMPP proxy authenticates as it (XEP-0178).
+        "edge-external": (pool.access_fqdn, pool.webconf_fqdn, pool.av_fqdn, scenario.domain),
         "edge-internal": (pool.internal_fqdn, *(n.internal_fqdn for n in pool.nodes if n.internal_fqdn)),
     }
     for client in scenario.clients:

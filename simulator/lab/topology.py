@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from simulator.core.credentials import CredentialStore
 from simulator.core.dns_zone import Zone
-from simulator.lab import mgmt, webconf  # noqa: F401  (registers their services)
+from simulator.lab import mgmt, webconf, xmpp  # noqa: F401  (registers their services)
 from simulator.lab.addressing import AddressPlan, HostKind, PortMap
-from simulator.lab.names import zone_records
+from simulator.lab.names import CRL_PATH, CRL_PORT, DNS_PORT, zone_records
 from simulator.lab.pki import LabPki, PkiFiles, build_pki
 from simulator.lab.services import LAB_SERVICES, NODE_SERVICES
 from simulator.net.dns import DnsServer
@@ -29,10 +29,6 @@ from simulator.net.http import StaticHttpServer
 from simulator.net.tls import client_context, server_context
 from simulator.scenario.schema import INTERNAL_ROLES, SERVER_ROLES, CertificateVariant, Client, Scenario
 from simulator.scenario.schema import EdgeNode as NodeSpec
-
-DNS_PORT = 53
-CRL_PORT = 80
-CRL_PATH = "/lab-root.crl"
 
 
 class Lab:

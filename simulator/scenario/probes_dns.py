@@ -9,8 +9,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from simulator.lab.addressing import HostKind
-from simulator.lab.names import crl_host
-from simulator.lab.topology import CRL_PATH, CRL_PORT
+from simulator.lab.names import CRL_PATH, CRL_PORT, crl_host
 from simulator.net.http import http_get
 from simulator.net.tls import classify_tls_error
 from simulator.report.verdict import Outcome, ProbeFailure, Reason

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from simulator.lab.addressing import HostKind
-from simulator.lab.topology import DNS_PORT, Lab
+from simulator.lab.names import DNS_PORT
+from simulator.lab.topology import Lab
 from simulator.net.resolver import NameNotFound, ResolverError, ResolverTimeout, StubResolver
 from simulator.net.tls import classify_tls_error
 from simulator.report.verdict import Outcome, ProbeFailure, Reason, Verdict

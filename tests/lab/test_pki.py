@@ -71,7 +71,7 @@ def test_server_certificates_carry_the_pool_names(pki: LabPki) -> None:
         return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
             x509.DNSName)
 
-    assert sans("edge-external") == ["sip.contoso.com", "webconf.contoso.com", "av.contoso.com"]
+    assert sans("edge-external") == ["sip.contoso.com", "webconf.contoso.com", "av.contoso.com", "contoso.com"]
     assert sans("edge-internal") == ["edgepool-int.contoso.local", "edge1-int.contoso.local",
                                      "edge2-int.contoso.local"]
     assert sans("fabrikam") == ["sip.fabrikam.com", "fabrikam.com"]

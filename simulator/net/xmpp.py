@@ -1,0 +1,596 @@
+"""The Edge's XMPP proxy (5269, E1/E2/X1/X2), its gateway link to the Front End (MTLS 23456, I1/X3), and
+the lab's XMPP peers: the Front End's XMPP gateway and a federated XMPP partner server.
+
+Server-to-server streams follow RFC 6120: stream header, STARTTLS (required), TLS, stream restart, SASL
+EXTERNAL with the peer's certificate (XEP-0178: the certificate must name the domain in the stream's
+``from``), restart, then stanzas. Strict XMPP s2s streams carry stanzas one way; the lab lets the
+receiving server answer on the same stream (as XEP-0288 bidirectional streams do) so a probe sees the
+round trip on one connection. The gateway link's real framing is not public (research §3.2); the lab
+runs it as an XMPP stream over mutual TLS, which is what a firewall sees.
+
+Flow of a partner's message (E1): partner → Edge 5269 → gateway link (the Front End's persistent
+23456 connection to that node) → Front End, whose receipt (XEP-0184) travels back the same way. Flow of
+an outbound message (E2): Front End → 23456 → Edge, which finds the partner by SRV
+``_xmpp-server._tcp.<domain>`` through the lab DNS, opens 5269 to it, and relays the partner's receipt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import ssl
+import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from simulator.net.mgmt import MtlsListener
+from simulator.net.tls import classify_tls_error, peer_dns_names
+from simulator.net.tlsstream import TlsStream
+from simulator.report.verdict import ProbeFailure, Reason
+from simulator.wire import xmpp
+from simulator.wire.errors import MalformedMessage
+
+NEGOTIATION_TIMEOUT = 5.0
+RECEIPTS_NS = "urn:xmpp:receipts"
+PING_NS = "urn:xmpp:ping"
+
+
+class Stream(Protocol):
+    async def read(self, limit: int = 65536) -> bytes: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class PlainStream:
+    """The Stream interface over an asyncio stream pair (before STARTTLS, or client-side TLS)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def read(self, limit: int = 65536) -> bytes:
+        return await self.reader.read(limit)
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await self.writer.wait_closed()
+
+
+class XmppFailure(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class EventReader:
+    """Pulls stream events from a Stream through one parser at a time (replaced on each restart)."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.parser = xmpp.XmppStreamParser()
+        self._events: list[xmpp.StreamEvent] = []
+
+    def restart(self, stream: Stream | None = None) -> None:
+        self.stream = stream or self.stream
+        self.parser = xmpp.XmppStreamParser()
+        self._events.clear()
+
+    async def next(self) -> xmpp.StreamEvent:
+        while not self._events:
+            data = await self.stream.read()
+            if not data:
+                raise XmppFailure(Reason.RESET, "the peer closed the stream")
+            self._events.extend(self.parser.feed(data))
+        return self._events.pop(0)
+
+    async def expect_header(self) -> xmpp.StreamOpened:
+        event = await self.next()
+        if not isinstance(event, xmpp.StreamOpened):
+            raise XmppFailure(Reason.PROTOCOL_ERROR, f"expected a stream header, got {event}")
+        return event
+
+    async def expect_element(self) -> ET.Element:
+        event = await self.next()
+        if isinstance(event, xmpp.TopLevel):
+            if event.tag == f"{{{xmpp.STREAMS_NS}}}error":
+                condition = xmpp.local_name(event.element[0].tag) if len(event.element) else "undefined"
+                raise XmppFailure(Reason.REJECTED, f"stream error: {condition}")
+            return event.element
+        raise XmppFailure(Reason.PROTOCOL_ERROR, f"expected an element, got {event}")
+
+
+def _has_child(element: ET.Element, namespace: str, name: str) -> bool:
+    return element.find(f"{{{namespace}}}{name}") is not None
+
+
+# ------------------------------------------------------------------------------------------- negotiation
+
+
+async def accept_s2s(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: ssl.SSLContext,
+                     local_domain: str, stream_ids: Callable[[], str],
+                     allowed_domains: frozenset[str] | None = None) -> tuple[TlsStream, EventReader, str]:
+    """The receiving side of an s2s stream up to authenticated stanzas; returns (stream, events, peer domain)."""
+    plain = PlainStream(reader, writer)
+    events = EventReader(plain)
+    header = await events.expect_header()
+    if header.to.lower() != local_domain:
+        plain.write(xmpp.stream_header(local_domain, header.from_, stream_ids()) + xmpp.stream_error("host-unknown"))
+        await plain.drain()
+        raise XmppFailure(Reason.REJECTED, f"stream to {header.to!r}, not {local_domain}")
+    plain.write(xmpp.stream_header(local_domain, header.from_, stream_ids())
+                + xmpp.features(xmpp.STARTTLS_REQUIRED))
+    await plain.drain()
+    element = await events.expect_element()
+    if element.tag != f"{{{xmpp.TLS_NS}}}starttls":
+        plain.write(xmpp.stream_error("policy-violation"))  # RFC 6120 §5.3.1: TLS is required here
+        await plain.drain()
+        raise XmppFailure(Reason.PROTOCOL_ERROR, f"expected <starttls/>, got {element.tag}")
+    plain.write(xmpp.PROCEED)
+    await plain.drain()
+    secure = TlsStream(reader, writer, context)
+    await secure.handshake(NEGOTIATION_TIMEOUT)
+    events.restart(secure)
+    header = await events.expect_header()
+    peer_domain = header.from_.lower()
+    if allowed_domains is not None and peer_domain not in allowed_domains:
+        # Lync federates only with configured XMPP partners (New-CsXmppAllowedPartner).
+        secure.write(xmpp.stream_header(local_domain, peer_domain, stream_ids())
+                     + xmpp.stream_error("policy-violation"))
+        await secure.drain()
+        raise XmppFailure(Reason.REJECTED, f"{peer_domain} is not an allowed XMPP partner")
+    secure.write(xmpp.stream_header(local_domain, peer_domain, stream_ids()) + xmpp.features(xmpp.SASL_EXTERNAL))
+    await secure.drain()
+    element = await events.expect_element()
+    if element.tag != f"{{{xmpp.SASL_NS}}}auth" or element.get("mechanism") != "EXTERNAL":
+        secure.write(xmpp.sasl_failure("invalid-mechanism"))
+        await secure.drain()
+        raise XmppFailure(Reason.PROTOCOL_ERROR, "expected SASL EXTERNAL")
+    if peer_domain not in peer_dns_names(secure.getpeercert()):  # XEP-0178 §3: the certificate names the domain
+        secure.write(xmpp.sasl_failure("not-authorized"))
+        await secure.drain()
+        raise XmppFailure(Reason.WRONG_SAN, f"the peer's certificate does not name {peer_domain}")
+    secure.write(xmpp.SASL_SUCCESS)
+    await secure.drain()
+    events.restart()
+    await events.expect_header()
+    secure.write(xmpp.stream_header(local_domain, peer_domain, stream_ids()) + xmpp.features())
+    await secure.drain()
+    return secure, events, peer_domain
+
+
+async def connect_s2s(host: str, port: int, local_domain: str, remote_domain: str, context: ssl.SSLContext,
+                      timeout: float, local_addr: str | None = None) -> tuple[PlainStream, EventReader]:
+    """The initiating side: STARTTLS (the peer's certificate must name ``remote_domain``), SASL EXTERNAL."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port,
+                                                           local_addr=(local_addr, 0) if local_addr else None)
+            stream = PlainStream(reader, writer)
+            try:
+                events = EventReader(stream)
+                stream.write(xmpp.stream_header(local_domain, remote_domain))
+                await stream.drain()
+                await events.expect_header()
+                features = await events.expect_element()
+                if not _has_child(features, xmpp.TLS_NS, "starttls"):
+                    raise XmppFailure(Reason.PROTOCOL_ERROR, "the peer offers no STARTTLS")
+                stream.write(xmpp.STARTTLS)
+                await stream.drain()
+                if (await events.expect_element()).tag != f"{{{xmpp.TLS_NS}}}proceed":
+                    raise XmppFailure(Reason.REJECTED, "STARTTLS refused")
+                await writer.start_tls(context, server_hostname=remote_domain)
+                events.restart()
+                stream.write(xmpp.stream_header(local_domain, remote_domain))
+                await stream.drain()
+                await events.expect_header()
+                features = await events.expect_element()
+                mechanisms = [m.text for m in features.iter(f"{{{xmpp.SASL_NS}}}mechanism")]
+                if "EXTERNAL" not in mechanisms:
+                    raise XmppFailure(Reason.PROTOCOL_ERROR, f"no SASL EXTERNAL offered ({mechanisms})")
+                stream.write(xmpp.AUTH_EXTERNAL)
+                await stream.drain()
+                outcome = await events.expect_element()
+                if outcome.tag != f"{{{xmpp.SASL_NS}}}success":
+                    condition = xmpp.local_name(outcome[0].tag) if len(outcome) else "failure"
+                    raise XmppFailure(Reason.WRONG_SAN if condition == "not-authorized" else Reason.REJECTED,
+                                      f"SASL EXTERNAL: {condition}")
+                events.restart()
+                stream.write(xmpp.stream_header(local_domain, remote_domain))
+                await stream.drain()
+                await events.expect_header()
+                await events.expect_element()  # the (empty) post-authentication features
+                return stream, events
+            except BaseException:
+                await stream.close()
+                raise
+    except XmppFailure as failure:
+        raise ProbeFailure(failure.reason, f"{host}:{port}: {failure}") from None
+    except MalformedMessage as error:
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{host}:{port}: {error.reason}") from None
+    except (OSError, ssl.SSLError, TimeoutError) as error:
+        raise ProbeFailure(classify_tls_error(error), f"{host}:{port}: {error}") from None
+
+
+# ---------------------------------------------------------------------------------------------- stanzas
+
+
+def receipt_for(stanza: ET.Element, from_: str) -> bytes:
+    """A XEP-0184 receipt answering a message, or an iq result answering an iq."""
+    sender, stanza_id = stanza.get("from", ""), stanza.get("id", "")
+    if xmpp.local_name(stanza.tag) == "iq":
+        return ET.tostring(ET.Element("iq", {"type": "result", "from": from_, "to": sender, "id": stanza_id}))
+    reply = ET.Element("message", {"from": from_, "to": sender, "id": f"receipt-{stanza_id}"})
+    ET.SubElement(reply, f"{{{RECEIPTS_NS}}}received", {"id": stanza_id})
+    return ET.tostring(reply, default_namespace=None)
+
+
+def answered_id(stanza: ET.Element) -> str | None:
+    """Which stanza id this one answers (an iq result's id, a receipt's id), else None."""
+    if xmpp.local_name(stanza.tag) == "iq" and stanza.get("type") in ("result", "error"):
+        return stanza.get("id")
+    received = stanza.find(f"{{{RECEIPTS_NS}}}received")
+    return received.get("id") if received is not None else None
+
+
+class StanzaLink:
+    """A stream carrying stanzas both ways, with request → answer matching by stanza id."""
+
+    def __init__(self, stream: Stream, events: EventReader, name: str,
+                 on_request: Callable[[StanzaLink, ET.Element], Awaitable[None]]) -> None:
+        self.stream = stream
+        self.events = events
+        self.name = name
+        self._on_request = on_request
+        self._pending: dict[str, asyncio.Future[ET.Element]] = {}
+
+    async def run(self) -> None:
+        """Read stanzas until the stream ends; answers resolve requests, others go to ``on_request``."""
+        while True:
+            event = await self.events.next()
+            if isinstance(event, xmpp.StreamClosed):
+                return
+            if not isinstance(event, xmpp.TopLevel):
+                continue
+            answered = answered_id(event.element)
+            waiter = self._pending.pop(answered, None) if answered else None
+            if waiter is not None:
+                if not waiter.done():
+                    waiter.set_result(event.element)
+            else:
+                await self._on_request(self, event.element)
+
+    async def send(self, data: bytes) -> None:
+        self.stream.write(data)
+        await self.stream.drain()
+
+    async def request(self, stanza: bytes, stanza_id: str, timeout: float) -> ET.Element:
+        future: asyncio.Future[ET.Element] = asyncio.get_running_loop().create_future()
+        self._pending[stanza_id] = future
+        try:
+            await self.send(stanza)
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._pending.pop(stanza_id, None)
+
+
+def _retag(stanza: ET.Element) -> bytes:
+    """Serialize a received stanza for another stream (drop the jabber:server namespace prefix)."""
+    copy = ET.fromstring(ET.tostring(stanza))
+    for element in copy.iter():
+        if element.tag.startswith(f"{{{xmpp.SERVER_NS}}}"):
+            element.tag = xmpp.local_name(element.tag)
+    return ET.tostring(copy)
+
+
+# ------------------------------------------------------------------------------------------- Edge side
+
+
+@dataclass
+class OutboundRoute:
+    """How the Edge reaches a partner domain: resolve and dial (set by the lab)."""
+
+    resolve: Callable[[str], Awaitable[tuple[str, int]]]
+    context: ssl.SSLContext
+    local_addr: str | None
+
+
+class XmppGatewayListener(MtlsListener):
+    """23456 (I1/X3): the Front End's XMPP gateway links; stanzas for other domains go out through 5269."""
+
+    def __init__(self, node: str, domain: str, host: str, port: int, context: ssl.SSLContext,
+                 allowed_peers: frozenset[str] | None, route: OutboundRoute) -> None:
+        super().__init__("xmpp-gateway", host, port, context, allowed_peers)
+        self.node = node
+        self.domain = domain
+        self.route = route
+        self.links: list[StanzaLink] = []
+        self.outbound = 0
+        self._turn = itertools.count()
+
+    def pick_link(self) -> StanzaLink | None:
+        return self.links[next(self._turn) % len(self.links)] if self.links else None
+
+    async def refuse(self, stream: TlsStream, reason: Reason) -> None:
+        stream.write(xmpp.stream_error("not-authorized"))
+        await stream.drain()
+
+    async def handle(self, stream: TlsStream, peer: str) -> None:
+        events = EventReader(stream)
+        try:
+            header = await events.expect_header()
+            stream.write(xmpp.stream_header(self.domain, header.from_, f"{self.node}-gw") + xmpp.features())
+            await stream.drain()
+            link = StanzaLink(stream, events, peer, self._from_frontend)
+            self.links.append(link)
+            try:
+                await link.run()
+            finally:
+                self.links.remove(link)
+        except (XmppFailure, MalformedMessage):
+            return
+
+    async def _from_frontend(self, link: StanzaLink, stanza: ET.Element) -> None:
+        to = xmpp.domain_of(stanza.get("to", ""))
+        if to == self.domain:  # a ping for the Edge itself
+            await link.send(receipt_for(stanza, self.domain))
+            return
+        self.outbound += 1
+        task = asyncio.create_task(self._relay_out(link, stanza, to))
+        self._tasks.add(task)  # owned: cancelled with the listener
+        task.add_done_callback(self._tasks.discard)
+
+    async def _relay_out(self, link: StanzaLink, stanza: ET.Element, domain: str) -> None:
+        """E2/X2: open 5269 to the partner, deliver, relay its receipt back to the Front End."""
+        stanza_id = stanza.get("id", "")
+        try:
+            host, port = await self.route.resolve(domain)
+            stream, events = await connect_s2s(host, port, self.domain, domain, self.route.context,
+                                               NEGOTIATION_TIMEOUT, self.route.local_addr)
+            try:
+                partner = StanzaLink(stream, events, domain, _ignore)
+                runner = asyncio.create_task(partner.run())
+                try:
+                    answer = await partner.request(_retag(stanza), stanza_id, NEGOTIATION_TIMEOUT)
+                finally:
+                    runner.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, XmppFailure, MalformedMessage, OSError):
+                        await runner
+            finally:
+                await stream.close()
+            await link.send(_retag(answer))
+        except (ProbeFailure, TimeoutError, OSError, LookupError) as error:
+            failure = ET.Element("message", {"from": domain, "to": stanza.get("from", ""), "type": "error",
+                                             "id": f"error-{stanza_id}"})
+            ET.SubElement(failure, f"{{{RECEIPTS_NS}}}received", {"id": stanza_id})
+            ET.SubElement(failure, "error", {"type": "cancel"}).text = str(error)[:200]
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await link.send(ET.tostring(failure))
+
+
+async def _ignore(link: StanzaLink, stanza: ET.Element) -> None:
+    return None
+
+
+class XmppServerListener:
+    """A 5269 listener that accepts s2s streams (the Edge's XMPP proxy, or a partner's server).
+
+    ``deliver(stanza) -> reply bytes`` decides what answers a stanza that arrived on a stream.
+    """
+
+    def __init__(self, name: str, domain: str, host: str, port: int, context: ssl.SSLContext,
+                 deliver: Callable[[ET.Element], Awaitable[bytes | None]],
+                 allowed_domains: frozenset[str] | None = None) -> None:
+        self.name = name
+        self.allowed_domains = allowed_domains
+        self.domain = domain
+        self.host = host
+        self.port = port
+        self._context = context
+        self._deliver = deliver
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self.accepted = 0
+        self.rejected: dict[str, int] = {}
+        self.received: list[str] = []  # stanza ids that arrived on authenticated streams
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connected, self.host, self.port, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        stream: Stream = PlainStream(reader, writer)
+        try:
+            secure, events, peer = await asyncio.wait_for(
+                accept_s2s(reader, writer, self._context, self.domain, lambda: f"{self.name}-{next(self._ids)}",
+                           self.allowed_domains), NEGOTIATION_TIMEOUT * 2)
+            stream = secure
+            self.accepted += 1
+            link = StanzaLink(secure, events, peer, self._on_stanza)
+            await link.run()
+        except XmppFailure as failure:
+            self.rejected[str(failure.reason)] = self.rejected.get(str(failure.reason), 0) + 1
+        except (OSError, ssl.SSLError, TimeoutError, MalformedMessage) as error:
+            reason = str(Reason.PROTOCOL_ERROR if isinstance(error, MalformedMessage) else classify_tls_error(error))
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        finally:
+            self._tasks.discard(task)
+            await stream.close()
+
+    async def _on_stanza(self, link: StanzaLink, stanza: ET.Element) -> None:
+        self.received.append(stanza.get("id", ""))
+        reply = await self._deliver(stanza)
+        if reply is not None:
+            await link.send(reply)
+
+
+def edge_deliver(gateway: XmppGatewayListener) -> Callable[[ET.Element], Awaitable[bytes | None]]:
+    """The Edge proxy hands a partner's stanza to a Front End gateway link and returns its answer."""
+
+    async def deliver(stanza: ET.Element) -> bytes | None:
+        stanza_id = stanza.get("id", "")
+        link = gateway.pick_link()
+        if link is None:
+            error = ET.Element("message", {"from": gateway.domain, "to": stanza.get("from", ""), "type": "error",
+                                           "id": f"error-{stanza_id}"})
+            ET.SubElement(error, f"{{{RECEIPTS_NS}}}received", {"id": stanza_id})
+            ET.SubElement(error, "error", {"type": "wait"}).text = "no-gateway"
+            return ET.tostring(error)
+        answer = await link.request(_retag(stanza), stanza_id, NEGOTIATION_TIMEOUT)
+        return _retag(answer)
+
+    return deliver
+
+
+def answering_deliver(domain: str) -> Callable[[ET.Element], Awaitable[bytes | None]]:
+    """A server that answers every message with a receipt and every iq with a result (a partner)."""
+
+    async def deliver(stanza: ET.Element) -> bytes | None:
+        return receipt_for(stanza, domain)
+
+    return deliver
+
+
+# ------------------------------------------------------------------------------------------ Front End side
+
+
+class FrontendXmppGateway:
+    """The Front End's XMPP gateway: one persistent MTLS 23456 link per Edge node, answering stanzas."""
+
+    def __init__(self, name: str, domain: str, targets: list[tuple[str, int, str]], context: ssl.SSLContext) -> None:
+        self.name = name
+        self.domain = domain
+        self.targets = targets
+        self.context = context
+        self.links: dict[str, StanzaLink] = {}
+        self.failures: dict[str, str] = {}
+        self._streams: list[PlainStream] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def start(self) -> None:
+        self._running = True
+        for host, port, server_name in self.targets:
+            try:
+                stream, events = await open_gateway_link(host, port, self.context, server_name, self.name,
+                                                         self.domain, NEGOTIATION_TIMEOUT)
+            except ProbeFailure as failure:
+                self.failures[server_name] = str(failure)
+                continue
+            self._streams.append(stream)
+            link = StanzaLink(stream, events, server_name, self._answer)
+            self.links[server_name] = link
+            task = asyncio.create_task(self._run(link))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, link: StanzaLink) -> None:
+        with contextlib.suppress(XmppFailure, MalformedMessage, OSError, ssl.SSLError):
+            await link.run()
+
+    async def _answer(self, link: StanzaLink, stanza: ET.Element) -> None:
+        await link.send(receipt_for(stanza, xmpp.domain_of(stanza.get("to", "")) or self.domain))
+
+    async def stop(self) -> None:
+        self._running = False
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for stream in self._streams:
+            await stream.close()
+        self._streams.clear()
+
+
+async def open_gateway_link(host: str, port: int, context: ssl.SSLContext, server_name: str, name: str,
+                            domain: str, timeout: float) -> tuple[PlainStream, EventReader]:
+    """Open the Front End → Edge gateway link: mutual TLS, then an XMPP stream (I1/X3)."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=server_name)
+            stream = PlainStream(reader, writer)
+            try:
+                events = EventReader(stream)
+                stream.write(xmpp.stream_header(name, domain, default_ns="jabber:component:accept"))
+                await stream.drain()
+                await events.expect_header()
+                await events.expect_element()  # features
+                return stream, events
+            except BaseException:
+                await stream.close()
+                raise
+    except XmppFailure as failure:
+        raise ProbeFailure(failure.reason, f"{host}:{port}: {failure}") from None
+    except MalformedMessage as error:
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{host}:{port}: {error.reason}") from None
+    except (OSError, ssl.SSLError, TimeoutError) as error:
+        raise ProbeFailure(classify_tls_error(error), f"{host}:{port}: {error}") from None
+
+
+async def exchange(stream: PlainStream, events: EventReader, stanza: bytes, stanza_id: str,
+                   timeout: float, where: str) -> ET.Element:
+    """Send one stanza on an open stream and wait for the stanza that answers it."""
+    link = StanzaLink(stream, events, where, _ignore)
+    runner = asyncio.create_task(link.run())
+    try:
+        return await link.request(stanza, stanza_id, timeout)
+    except TimeoutError:
+        raise ProbeFailure(Reason.TIMEOUT, f"{where}: no answer to stanza {stanza_id}") from None
+    except (OSError, ssl.SSLError) as error:
+        raise ProbeFailure(classify_tls_error(error), f"{where}: {error}") from None
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError, XmppFailure, MalformedMessage, OSError, ssl.SSLError):
+            await runner
+
+
+def ping(from_: str, to: str, stanza_id: str) -> bytes:
+    element = ET.Element("iq", {"type": "get", "from": from_, "to": to, "id": stanza_id})
+    ET.SubElement(element, f"{{{PING_NS}}}ping")
+    return ET.tostring(element)
+
+
+def message_with_receipt_request(from_: str, to: str, stanza_id: str, body: str) -> bytes:
+    element = ET.Element("message", {"from": from_, "to": to, "id": stanza_id, "type": "chat"})
+    ET.SubElement(element, "body").text = body
+    ET.SubElement(element, f"{{{RECEIPTS_NS}}}request")
+    return ET.tostring(element)
+
+
+def is_error(stanza: ET.Element) -> bool:
+    return stanza.get("type") == "error"
