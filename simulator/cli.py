@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from simulator.lab.pki import build_pki
+from simulator.net.av_edge import add_serve_av_edge
 from simulator.scenario.loader import ScenarioError, load_scenario
 from simulator.scenario.rules import RULES_BY_ID, rules_for_table
 from simulator.scenario.rules import Table as RuleTable
@@ -119,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--scenario", default=str(DEFAULT_SCENARIO))
     certs.add_argument("--out", default="certs")
     certs.set_defaults(handler=_cmd_certs)
+
+    serve = commands.add_parser("serve", help="run one Edge role's listeners for lab use across real hosts")
+    kinds = serve.add_subparsers(dest="kind", required=True)
+    add_serve_av_edge(kinds)
     return parser
 
 

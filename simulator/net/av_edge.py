@@ -1,0 +1,619 @@
+"""The A/V Edge TURN/MS-TURN listeners: the asyncio shell around :class:`~simulator.core.turn_server.TurnServer`.
+
+One :class:`AvEdgeServer` is one interface of one A/V Edge node: a UDP listener (3478) and a TCP
+listener (443: MS-TURN pseudo-TLS + framing, or standard TURN over TCP), plus one real socket per
+relay allocation on ``relay_host`` (firewalls must see the real 50000–59999 spread; research-turn.md
+§5.5). The lab starts one per node on the external address and one on the internal address; a pool
+shares one :class:`~simulator.core.credentials.CredentialStore` (MRAS fills it).
+
+The shell only moves bytes: every socket callback calls the core with ``loop.time()`` and then sends
+what the core queued (``TurnServer.transmits``) and acts on its events (close a connection, open an
+RFC 6062 peer connection). The per-packet path is ``DatagramProtocol.datagram_received`` → core →
+``transport.sendto``: no task and no future per packet. One task exists per relay socket (to attach
+it to the loop) and per RFC 6062 outgoing connection. Timers: one ``call_at`` handle, re-armed at the
+core's ``get_timer()`` (at most 1 s ahead, so expiry lags by at most a second).
+
+Use uvloop for real load (the CLI does); the class runs on any asyncio loop.
+
+CLI: ``edgesim serve av-edge --listen ADDR --public ADDR ...`` (:func:`add_serve_av_edge`) prints
+exactly one line ``av-edge ready udp=HOST:PORT tcp=HOST:PORT`` once listening, runs until SIGINT or
+SIGTERM and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import resource
+import signal
+import socket
+import sys
+from dataclasses import asdict
+from typing import Any, cast
+
+from simulator.core.credentials import CredentialStore
+from simulator.core.ports import DEFAULT_FIRST_PORT, DEFAULT_LAST_PORT, RelayPortAllocator, Transport
+from simulator.core.turn_server import CloseStream, ConnectPeer, Sink, TurnServer, TurnServerConfig
+from simulator.wire.stun import Address
+
+CONNECT_TIMEOUT = 10.0  # RFC 6062 §5.2: the server gives up on a peer connection after a while
+
+
+def raise_nofile_limit(wanted: int) -> int:
+    """Raise RLIMIT_NOFILE's soft limit towards ``wanted`` (at most the hard limit); returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class _UdpListener(asyncio.DatagramProtocol):
+    """UDP 3478: every datagram straight into the core."""
+
+    def __init__(self, edge: AvEdgeServer) -> None:
+        self.edge = edge
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is no subclass
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        edge = self.edge
+        core = edge.core
+        core.receive_datagram(data, addr, edge.time())
+        if core.transmits:
+            edge.flush()
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors from clients: nothing to do
+
+    def sendto(self, data: bytes, addr: Any, /) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
+
+
+class _UdpRelay(asyncio.DatagramProtocol):
+    """One relay allocation's UDP socket (bound synchronously, attached to the loop by a task)."""
+
+    def __init__(self, edge: AvEdgeServer, port: int, sock: socket.socket) -> None:
+        self.edge = edge
+        self.port = port
+        self.sock = sock
+        self.transport: asyncio.DatagramTransport | None = None
+        self.closed = False
+        self.task: asyncio.Task[Any] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is no subclass
+        if self.closed:
+            transport.close()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        edge = self.edge
+        core = edge.core
+        core.receive_from_peer(self.port, data, addr, edge.time())
+        if core.transmits:
+            edge.flush()
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP port unreachable from a peer
+
+    def sendto(self, data: bytes, addr: Any, /) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.sendto(data, addr)
+        elif not self.closed:
+            with contextlib.suppress(OSError):  # before the loop attached it: send directly
+                self.sock.sendto(data, addr)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+        elif self.task is not None and not self.task.done():
+            self.task.cancel()
+        else:
+            self.sock.close()
+
+
+class _Stream(asyncio.Protocol):
+    """A TCP connection: a client on the listener, or a peer on an RFC 6062 relay (``peer=True``)."""
+
+    def __init__(self, edge: AvEdgeServer, relay_port: int | None = None, peer: bool = False) -> None:
+        self.edge = edge
+        self.relay_port = relay_port
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        self.connection_id: int | None = None  # outgoing RFC 6062 connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        edge = self.edge
+        edge.streams.add(self)
+        addr = transport.get_extra_info("peername")
+        if self.connection_id is not None:
+            edge.core.peer_connected(self.connection_id, self, edge.time())
+        elif self.peer:
+            assert self.relay_port is not None
+            if not edge.core.peer_stream_opened(self.relay_port, self, addr, edge.time()):
+                transport.close()
+        else:
+            edge.core.stream_opened(self, addr, edge.time())
+        edge.flush()
+
+    def data_received(self, data: bytes) -> None:
+        edge = self.edge
+        if self.peer:
+            edge.core.receive_peer_stream(self, data, edge.time())
+        else:
+            edge.core.receive_stream(self, data, edge.time())
+        edge.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        edge = self.edge
+        edge.streams.discard(self)
+        if self.peer:
+            edge.core.peer_stream_closed(self, edge.time())
+        else:
+            edge.core.stream_closed(self, edge.time())
+        edge.flush()
+
+    def sendto(self, data: bytes, addr: Any, /) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _TcpRelay:
+    """An RFC 6062 relay: a listening socket on the relay port, peers connect in."""
+
+    def __init__(self, edge: AvEdgeServer, port: int, sock: socket.socket) -> None:
+        self.edge = edge
+        self.port = port
+        self.sock = sock
+        self.server: asyncio.Server | None = None
+        self.closed = False
+        self.task: asyncio.Task[Any] | None = None
+
+    def sendto(self, data: bytes, addr: Any, /) -> None:
+        pass  # data goes through peer connections, never through the listener
+
+    def close(self) -> None:
+        self.closed = True
+        if self.server is not None:
+            self.server.close()
+        elif self.task is not None and not self.task.done():
+            self.task.cancel()
+        else:
+            self.sock.close()
+
+
+class _Binder:
+    """The core's :class:`~simulator.core.turn_server.RelayBinder`: real sockets, bound synchronously."""
+
+    def __init__(self, edge: AvEdgeServer) -> None:
+        self.edge = edge
+        self.relays: dict[tuple[Transport, int], _UdpRelay | _TcpRelay] = {}
+
+    def bind(self, transport: Transport, host: str, port: int) -> Sink | None:
+        edge = self.edge
+        kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+        sock = socket.socket(_family(host), kind)
+        try:
+            sock.setblocking(False)
+            if transport == "tcp":
+                # RFC 6062: outgoing peer connections leave from the same port as the listener.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            if transport == "tcp":
+                sock.listen(16)
+        except OSError:
+            sock.close()
+            return None  # the core requeues the port and tries the next one (RFC 8656 §7.2)
+        relay: _UdpRelay | _TcpRelay
+        if transport == "udp":
+            udp = _UdpRelay(edge, port, sock)
+            udp.task = edge.spawn(self._attach_udp(udp))
+            relay = udp
+        else:
+            tcp = _TcpRelay(edge, port, sock)
+            tcp.task = edge.spawn(self._attach_tcp(tcp))
+            relay = tcp
+        self.relays[(transport, port)] = relay
+        return relay
+
+    async def _attach_udp(self, relay: _UdpRelay) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: relay, sock=relay.sock)
+
+    async def _attach_tcp(self, relay: _TcpRelay) -> None:
+        loop = asyncio.get_running_loop()
+        edge = self.edge
+        server = await loop.create_server(lambda: _Stream(edge, relay.port, peer=True), sock=relay.sock)
+        relay.server = server
+        if relay.closed:
+            server.close()
+
+    def unbind(self, transport: Transport, port: int) -> None:
+        relay = self.relays.pop((transport, port), None)
+        if relay is not None:
+            relay.close()
+
+    def close_all(self) -> None:
+        for relay in list(self.relays.values()):
+            relay.close()
+        self.relays.clear()
+
+
+class AvEdgeServer:
+    """One A/V Edge interface: UDP + TCP listeners on ``listen_host``, relays on ``relay_host``.
+
+    ``public_host`` is what responses advertise (the node's public A/V address behind 1:1 NAT; for the
+    internal interface pass the internal address itself). ``credentials`` is shared by the pool's
+    nodes (MRAS fills it). Ports 0 bind ephemeral ports; ``udp_address``/``tcp_address`` tell the
+    bound ones after ``start()``. Implements the lab's ``Service`` protocol (``running``, ``start``,
+    ``stop``).
+    """
+
+    def __init__(
+        self,
+        listen_host: str,
+        public_host: str,
+        *,
+        relay_host: str | None = None,
+        udp_port: int = 3478,
+        tcp_port: int = 443,
+        credentials: CredentialStore | None = None,
+        realm: str = "edgesim",
+        first_port: int = DEFAULT_FIRST_PORT,
+        last_port: int = DEFAULT_LAST_PORT,
+        max_allocations: int | None = None,
+        user_quota: int | None = None,
+        seed: int | None = None,
+        config: dict[str, Any] | None = None,
+        ports: RelayPortAllocator | None = None,
+    ) -> None:
+        self.listen_host = listen_host
+        self.public_host = public_host
+        self.relay_host = relay_host or listen_host
+        self.udp_port = udp_port
+        self.tcp_port = tcp_port
+        self.credentials = credentials if credentials is not None else CredentialStore()
+        self.realm = realm
+        self.max_allocations = max_allocations
+        self.user_quota = user_quota
+        self.seed = seed if seed is not None else random.SystemRandom().getrandbits(32)
+        self.extra_config = config or {}
+        self.ports = ports or RelayPortAllocator(random.Random(self.seed), first_port=first_port, last_port=last_port)
+        self._core: TurnServer | None = None
+        self.streams: set[_Stream] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._udp: _UdpListener | None = None
+        self._udp_transport: asyncio.DatagramTransport | None = None
+        self._tcp_server: asyncio.Server | None = None
+        self._binder = _Binder(self)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.udp_address: Address | None = None
+        self.tcp_address: Address | None = None
+        self.time = self._no_loop_time
+
+    @staticmethod
+    def _no_loop_time() -> float:
+        raise RuntimeError("AvEdgeServer is not started")
+
+    @property
+    def core(self) -> TurnServer:
+        if self._core is None:
+            raise RuntimeError("AvEdgeServer is not started")
+        return self._core
+
+    @property
+    def running(self) -> bool:
+        return self._core is not None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        if self._core is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.time = loop.time
+        raise_nofile_limit(2 * self.ports.last_port - 2 * self.ports.first_port + 4096)
+        family = _family(self.listen_host)
+        udp_sock = socket.socket(family, socket.SOCK_DGRAM)
+        tcp_sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            udp_sock.setblocking(False)
+            udp_sock.bind((self.listen_host, self.udp_port))
+            tcp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp_sock.setblocking(False)
+            tcp_sock.bind((self.listen_host, self.tcp_port))
+            tcp_sock.listen(1024)
+        except OSError:
+            udp_sock.close()
+            tcp_sock.close()
+            raise
+        udp_port = udp_sock.getsockname()[1]
+        tcp_port = tcp_sock.getsockname()[1]
+        private = {self.listen_host, self.relay_host} - {self.public_host}
+        cfg = TurnServerConfig(
+            public_host=self.public_host,
+            relay_host=self.relay_host,
+            private_hosts=frozenset(private),
+            udp_port=udp_port,  # 1:1 NAT keeps ports: the advertised port is the bound one
+            tcp_port=tcp_port,
+            realm=self.realm,
+            max_allocations=self.max_allocations,
+            user_quota=self.user_quota,
+            **self.extra_config,
+        )
+        self._core = TurnServer(
+            cfg, credentials=self.credentials, ports=self.ports, relays=self._binder, rng=random.Random(self.seed)
+        )
+        try:
+            listener = _UdpListener(self)
+            self._udp = listener
+            transport, _ = await loop.create_datagram_endpoint(lambda: listener, sock=udp_sock)
+            self._udp_transport = transport
+            self._core.udp_sink = listener
+            self._tcp_server = await loop.create_server(lambda: _Stream(self), sock=tcp_sock)
+        except BaseException:
+            await self.stop()
+            udp_sock.close()
+            tcp_sock.close()
+            raise
+        self.udp_address = Address(self.listen_host, udp_port)
+        self.tcp_address = Address(self.listen_host, tcp_port)
+        self._arm_timer()
+
+    async def stop(self) -> None:
+        core = self._core
+        if core is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        for stream in list(self.streams):
+            stream.close()
+        if self._udp_transport is not None:
+            self._udp_transport.close()
+        core.delete_all(self.time())
+        core.datagrams_to_send()
+        while core.next_event() is not None:
+            pass
+        self._binder.close_all()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for relay in self._binder.relays.values():
+            relay.sock.close()
+        if self._tcp_server is not None:
+            await self._tcp_server.wait_closed()
+            self._tcp_server = None
+        await asyncio.sleep(0)  # let transports run their connection_lost callbacks
+        self._core = None
+        self._udp_transport = None
+
+    async def __aenter__(self) -> AvEdgeServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Start a task the server owns (cancelled and awaited on ``stop``)."""
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._relay_attach_failed(task)
+
+    def _relay_attach_failed(self, task: asyncio.Task[Any]) -> None:
+        for relay in self._binder.relays.values():
+            if relay.task is task:
+                relay.sock.close()
+
+    # ---------------------------------------------------------------- core plumbing
+
+    def flush(self) -> None:
+        """Send what the core queued and act on its events."""
+        core = self._core
+        if core is None:
+            return
+        transmits = core.transmits
+        if transmits:
+            core.transmits = []
+            for sink, data, addr in transmits:
+                sink.sendto(data, addr)
+        if core.pending_events:
+            event = core.next_event()
+            while event is not None:
+                if isinstance(event, CloseStream):
+                    close = getattr(event.sink, "close", None)
+                    if close is not None:
+                        close()
+                elif isinstance(event, ConnectPeer):
+                    self.spawn(self._connect_peer(event))
+                event = core.next_event()
+        # New deadlines (cache 40 s, bind 30 s, lifetimes) are never earlier than the armed timer,
+        # which is at most 1 s ahead: no re-arm on the per-packet path.
+
+    async def _connect_peer(self, event: ConnectPeer) -> None:
+        """RFC 6062 §5.2: connect from the relay port to the peer, then report to the core."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(_family(event.relay_host), socket.SOCK_STREAM)
+        protocol = _Stream(self, event.relay_port, peer=True)
+        protocol.connection_id = event.connection_id
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((event.relay_host, event.relay_port))
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await loop.sock_connect(sock, tuple(event.peer))
+                await loop.create_connection(lambda: protocol, sock=sock)
+        except (OSError, TimeoutError):
+            sock.close()
+            if self._core is not None:
+                self._core.peer_connect_failed(event.connection_id, self.time())
+                self.flush()
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+
+    def _arm_timer(self) -> None:
+        loop = self._loop
+        core = self._core
+        if loop is None or core is None:
+            return
+        now = loop.time()
+        at = core.get_timer()
+        at = now + 1.0 if at is None else max(now + 0.01, min(at, now + 1.0))
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        core = self._core
+        self._timer = None
+        self._timer_at = float("inf")
+        if core is None:
+            return
+        core.handle_timer(self.time())
+        self.flush()
+        self._arm_timer()
+
+    # ---------------------------------------------------------------- metrics
+
+    def metrics(self) -> dict[str, Any]:
+        """Live counters: the core's, active allocations, relay sockets and each port pool."""
+        core = self.core
+        out: dict[str, Any] = asdict(core.metrics)
+        out["allocations_active"] = core.allocation_count
+        out["relay_sockets"] = len(self._binder.relays)
+        out["tcp_connections"] = len(self.streams)
+        out["pools"] = [asdict(m) for m in self.ports.metrics()]
+        return out
+
+
+# -------------------------------------------------------------------- CLI
+
+
+def _address(text: str) -> str:
+    return text.strip("[]")
+
+
+def _relay_range(text: str) -> tuple[int, int]:
+    first, sep, last = text.partition("-")
+    try:
+        lo, hi = int(first), int(last if sep else first)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad port range {text!r} (want FIRST-LAST)") from exc
+    if not 0 < lo <= hi <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"bad port range {text!r}")
+    return lo, hi
+
+
+def _user(text: str) -> tuple[str, str]:
+    name, sep, password = text.partition(":")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"bad user {text!r} (want USER:PASSWORD)")
+    return name, password
+
+
+def add_serve_av_edge(subparsers: Any) -> None:
+    """Add ``serve av-edge`` to the ``serve`` subcommand's subparsers."""
+    p = subparsers.add_parser(
+        "av-edge",
+        help="run one A/V Edge (TURN + MS-TURN on UDP and TCP) any TURN client can use",
+        description="Run one A/V Edge interface. Prints 'av-edge ready udp=HOST:PORT tcp=HOST:PORT' when "
+        "listening; stops cleanly on SIGINT/SIGTERM.",
+    )
+    p.add_argument("--listen", required=True, type=_address, help="address the listeners bind (private A/V)")
+    p.add_argument("--public", required=True, type=_address, help="address responses advertise (1:1 NAT public)")
+    p.add_argument("--relay-bind", type=_address, help="where relay sockets bind (default: --listen)")
+    p.add_argument("--udp-port", type=int, default=3478, help="UDP listener port (0: any)")
+    p.add_argument("--tcp-port", type=int, default=443, help="TCP listener port (0: any)")
+    p.add_argument("--relay-range", type=_relay_range, default=(DEFAULT_FIRST_PORT, DEFAULT_LAST_PORT),
+                   metavar="FIRST-LAST", help="relay ports (default 50000-59999)")
+    p.add_argument("--user", type=_user, action="extend", nargs="+", default=[], metavar="U:P",
+                   help="static long-term credential(s)")
+    p.add_argument("--realm", default="edgesim")
+    p.add_argument("--secret", help="REST API shared secret (username 'expiry:user', HMAC-SHA1 password)")
+    p.add_argument("--max-allocations", type=int, help="total allocation quota (486 beyond)")
+    p.add_argument("--user-quota", type=int, help="allocations per username (486 beyond)")
+    p.add_argument("--seed", type=int, help="seed for nonces, ports and connection IDs (default: random)")
+    p.set_defaults(handler=_cmd_serve_av_edge)
+
+
+async def serve_av_edge(args: argparse.Namespace) -> int:
+    """Run until SIGINT/SIGTERM; print the ready line once listening."""
+    store = CredentialStore(rest_secret=args.secret)
+    for name, password in args.user:
+        store.add_static(name, password)
+    first, last = args.relay_range
+    edge = AvEdgeServer(
+        args.listen,
+        args.public,
+        relay_host=args.relay_bind,
+        udp_port=args.udp_port,
+        tcp_port=args.tcp_port,
+        credentials=store,
+        realm=args.realm,
+        first_port=first,
+        last_port=last,
+        max_allocations=args.max_allocations,
+        user_quota=args.user_quota,
+        seed=args.seed,
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await edge.start()
+        assert edge.udp_address is not None and edge.tcp_address is not None
+        udp, tcp = edge.udp_address, edge.tcp_address
+        sys.stdout.write(f"av-edge ready udp={udp.host}:{udp.port} tcp={tcp.host}:{tcp.port}\n")
+        sys.stdout.flush()
+        await stop.wait()
+    finally:
+        await edge.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def _cmd_serve_av_edge(args: argparse.Namespace, console: Any) -> int:
+    import uvloop
+
+    try:
+        return uvloop.run(serve_av_edge(args))
+    except OSError as exc:
+        print(f"edgesim: av-edge: {exc}", file=sys.stderr)
+        return 1
