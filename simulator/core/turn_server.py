@@ -165,6 +165,9 @@ class TurnServerConfig:
     public_host: str
     relay_host: str
     private_hosts: frozenset[str] = frozenset()
+    # Where the 401's ALTERNATE-SERVER sends the client: the answering interface's own reachable address.
+    # None = public_host (the external interface behind 1:1 NAT); the internal interface names itself.
+    alternate_host: str | None = None
     udp_port: int = 3478
     tcp_port: int = 443
     realm: str = "edgesim"
@@ -360,8 +363,9 @@ class TurnServer:
         self._peer_by_sink: dict[Sink, PeerConnection] = {}
         self._bind_deadlines: deque[tuple[float, int]] = deque()
         self._tid_counter = rng.getrandbits(64)
-        self._public_udp = Address(config.public_host, config.udp_port)
-        self._public_tcp = Address(config.public_host, config.tcp_port)
+        alternate = config.alternate_host or config.public_host
+        self._public_udp = Address(alternate, config.udp_port)
+        self._public_tcp = Address(alternate, config.tcp_port)
         self._handlers: dict[tuple[bool, int], Callable[[_Request, float], None]] = {
             (False, TurnMethod.ALLOCATE): self._allocate,
             (False, TurnMethod.REFRESH): self._refresh,
@@ -448,7 +452,7 @@ class TurnServer:
         if not data:
             return
         first = data[0]
-        if 0x40 <= first <= 0x4F:
+        if 0x40 <= first <= 0x7F:  # ChannelData (turn.CHANNEL_MIN..CHANNEL_MAX)
             # RFC 8656 §12.4: ChannelData fast path.
             alloc = self._allocations.get(client)
             if alloc is None or len(data) < 4:
@@ -1109,7 +1113,7 @@ class TurnServer:
         number = msg.get(turn.CHANNEL_NUMBER)
         peer = msg.get(turn.XOR_PEER_ADDRESS)
         if number is None or peer is None or not turn.CHANNEL_MIN <= number <= turn.CHANNEL_MAX:
-            raise _Reply(400, "Bad Request")  # RFC 8656 §11.2: 0x4000-0x4FFF and a peer
+            raise _Reply(400, "Bad Request")  # RFC 8656 §11.2 / RFC 5766 §11: 0x4000-0x7FFF and a peer
         self._check_peer(alloc, peer)
         cooldown = self.config.channel_cooldown
         existing = alloc.channels.get(number)

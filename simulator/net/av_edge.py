@@ -6,7 +6,7 @@ relay allocation on ``relay_host`` (firewalls must see the real 50000–59999 sp
 §5.5). The lab starts one per node on the external address and one on the internal address; a pool
 shares one :class:`~simulator.core.credentials.CredentialStore` (MRAS fills it).
 
-The shell only moves bytes: every socket callback calls the core with ``loop.time()`` and then sends
+The shell only moves bytes: every socket callback calls the core with ``time.time()`` and then sends
 what the core queued (``TurnServer.transmits``) and acts on its events (close a connection, open an
 RFC 6062 peer connection). The per-packet path is ``DatagramProtocol.datagram_received`` → core →
 ``transport.sendto``: no task and no future per packet. One task exists per relay socket (to attach
@@ -30,6 +30,7 @@ import resource
 import signal
 import socket
 import sys
+import time
 from dataclasses import asdict
 from typing import Any, cast
 
@@ -333,7 +334,9 @@ class AvEdgeServer:
             return
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self.time = loop.time
+        # The core's clock is Unix time: MRAS-issued and REST-API credentials expire in Unix time, and the
+        # pool's credential store is shared with the Access Edge that issues them.
+        self.time = time.time
         raise_nofile_limit(2 * self.ports.last_port - 2 * self.ports.first_port + 4096)
         family = _family(self.listen_host)
         udp_sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -351,7 +354,9 @@ class AvEdgeServer:
             raise
         udp_port = udp_sock.getsockname()[1]
         tcp_port = tcp_sock.getsockname()[1]
-        private = {self.listen_host, self.relay_host} - {self.public_host}
+        extra = dict(self.extra_config)
+        private = ({self.listen_host, self.relay_host} | set(extra.pop("private_hosts", ()))) - {
+            self.public_host, extra.get("alternate_host")}
         cfg = TurnServerConfig(
             public_host=self.public_host,
             relay_host=self.relay_host,
@@ -361,7 +366,7 @@ class AvEdgeServer:
             realm=self.realm,
             max_allocations=self.max_allocations,
             user_quota=self.user_quota,
-            **self.extra_config,
+            **extra,
         )
         self._core = TurnServer(
             cfg, credentials=self.credentials, ports=self.ports, relays=self._binder, rng=random.Random(self.seed)
@@ -490,13 +495,13 @@ class AvEdgeServer:
         core = self._core
         if loop is None or core is None:
             return
-        now = loop.time()
+        now = self.time()
         at = core.get_timer()
         at = now + 1.0 if at is None else max(now + 0.01, min(at, now + 1.0))
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = at
-        self._timer = loop.call_at(at, self._on_timer)
+        self._timer = loop.call_later(at - now, self._on_timer)
 
     def _on_timer(self) -> None:
         core = self._core

@@ -57,7 +57,7 @@ def classify(data: bytes) -> Flow | None:
         if len(data) < 3:
             return None
         return Flow.PSEUDO_TLS if data[1:3] == b"\x03\x01" else Flow.UNKNOWN
-    if 0x40 <= first <= 0x4F:  # RFC 8656 §12: ChannelData, channels 0x4000-0x4FFF
+    if 0x40 <= first <= 0x7F:  # ChannelData: channels 0x4000-0x7FFF (RFC 5766 §11; see turn.CHANNEL_MAX)
         return Flow.CHANNEL_DATA
     if first & 0xC0:
         return Flow.UNKNOWN

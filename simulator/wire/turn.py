@@ -196,8 +196,10 @@ def parse(data: bytes) -> Message:
 # ChannelData (RFC 8656 §12.4)
 # --------------------------------------------------------------------------------------------
 
-CHANNEL_MIN = 0x4000  # RFC 8656 §12: 0x4000 through 0x4FFF
-CHANNEL_MAX = 0x4FFF
+CHANNEL_MIN = 0x4000
+# RFC 8656 §12 narrowed channel numbers to 0x4000-0x4FFF; RFC 5766 §11 allowed 0x4000-0x7FFF, and deployed
+# clients (coturn's turnutils_uclient picks 0x73ad) still use the wider range, so it is accepted, as coturn does.
+CHANNEL_MAX = 0x7FFF
 _CD_HEADER = struct.Struct("!HH")
 
 
@@ -229,7 +231,7 @@ def decode_channel_data(buf: bytes) -> tuple[int, bytes]:
         raise MalformedMessage("short ChannelData", None)
     channel, length = _CD_HEADER.unpack_from(buf, 0)
     if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
-        raise MalformedMessage(f"channel 0x{channel:04x} outside 0x4000-0x4FFF", None)
+        raise MalformedMessage(f"channel 0x{channel:04x} outside 0x4000-0x7FFF", None)
     if 4 + length > len(buf):
         raise MalformedMessage("ChannelData length exceeds the datagram", None)
     return channel, bytes(buf[4 : 4 + length])

@@ -352,7 +352,8 @@ def test_channel_bind_rules() -> None:
 
     assert bind(0x4000, other) == 400  # number taken by another peer
     assert bind(0x4002, PEER) == 400  # peer bound to another number
-    assert bind(0x3FFF, other) == 400  # outside 0x4000-0x4FFF
+    assert bind(0x3FFF, other) == 400  # below 0x4000
+    assert bind(0x8000, other) == 400  # above RFC 5766's 0x7FFF
     assert bind(0x4000, PEER) is None  # refresh of the same binding
     assert bind(0x4001, other) is None
     h.advance(600)

@@ -8,8 +8,8 @@ from simulator.lab.addressing import AddressPlan, HostKind, PortMap
 from simulator.scenario.schema import Scenario
 
 
-def test_every_host_has_its_own_loopback_address(shipped_scenario: Scenario) -> None:
-    plan = AddressPlan.for_scenario(shipped_scenario)
+def test_every_host_has_its_own_loopback_address(shipped_as_written: Scenario) -> None:
+    plan = AddressPlan.for_scenario(shipped_as_written)
     addresses = [IPv4Address(host.address) for host in plan.hosts]
     assert len(set(addresses)) == len(addresses)
     lab = IPv4Network("127.77.0.0/16")
@@ -19,8 +19,8 @@ def test_every_host_has_its_own_loopback_address(shipped_scenario: Scenario) -> 
     assert len(plan.hosts) == 2 * 7 + 2 + 1 + 4 + 5
 
 
-def test_node_layout(shipped_scenario: Scenario) -> None:
-    plan = AddressPlan.for_scenario(shipped_scenario)
+def test_node_layout(shipped_as_written: Scenario) -> None:
+    plan = AddressPlan.for_scenario(shipped_as_written)
     assert plan.one("edge1", HostKind.EDGE_INTERNAL).address == "127.77.1.1"
     assert plan.one("edge2", HostKind.EDGE_AV_PRIVATE).address == "127.77.2.13"
     assert plan.one("edge2", HostKind.EDGE_AV_PUBLIC).address == "127.77.102.13"
@@ -28,10 +28,10 @@ def test_node_layout(shipped_scenario: Scenario) -> None:
         "127.77.200.3", "127.77.200.4", "127.77.200.5", "127.77.200.6"]  # frontend, director come first
 
 
-def test_large_populations_skip_network_and_broadcast_like_addresses(shipped_scenario: Scenario) -> None:
+def test_large_populations_skip_network_and_broadcast_like_addresses(shipped_as_written: Scenario) -> None:
     clients = [c.model_copy(update={"count": 600}) if c.name == "remote-users" else c
-               for c in shipped_scenario.clients]
-    plan = AddressPlan.for_scenario(shipped_scenario.model_copy(update={"clients": clients}))
+               for c in shipped_as_written.clients]
+    plan = AddressPlan.for_scenario(shipped_as_written.model_copy(update={"clients": clients}))
     addresses = [h.address for h in plan.of("remote-users", HostKind.CLIENT)]
     assert len(addresses) == len(set(addresses)) == 600
     assert not any(a.endswith((".0", ".255")) for a in addresses)

@@ -34,7 +34,8 @@ ALLOCATE = stun.request(turn.TurnMethod.ALLOCATE, bytes(12), attr(turn.LIFETIME,
         (turn.encode_channel_data(0x4000, b"x"), Flow.CHANNEL_DATA),
         (framing.client_hello(bytes(32)), Flow.PSEUDO_TLS),
         (b"\x80\x60" + bytes(30), Flow.UNKNOWN),  # RTP
-        (b"\x5a" + bytes(30), Flow.UNKNOWN),  # reserved channel range 0x5000-0x7FFF
+        (b"\x5a" + bytes(30), Flow.CHANNEL_DATA),  # RFC 5766's wider channel range, still in use
+        (b"\x8a" + bytes(30), Flow.UNKNOWN),  # neither STUN (00) nor ChannelData (01)
         (b"\x16\x03\x03", Flow.UNKNOWN),  # real TLS 1.2 record, not the MS pseudo-TLS
     ],
 )
