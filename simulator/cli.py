@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from simulator.lab.access import add_serve_access_edge
 from simulator.lab.pki import build_pki
 from simulator.net.av_edge import add_serve_av_edge
 from simulator.scenario.loader import ScenarioError, load_scenario
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run one Edge role's listeners for lab use across real hosts")
     kinds = serve.add_subparsers(dest="kind", required=True)
+    add_serve_access_edge(kinds)
     add_serve_av_edge(kinds)
     return parser
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from simulator.scenario import probes_dns, probes_mgmt, probes_webconf, probes_xmpp  # noqa: F401  (registration)
+from simulator.scenario import (  # noqa: F401  (registration)
+    probes_access,
+    probes_av,
+    probes_dns,
+    probes_mgmt,
+    probes_webconf,
+    probes_xmpp,
+)
 from simulator.scenario.probing import PROBES, Probe, ProbeContext
 
 __all__ = ["PROBES", "Probe", "ProbeContext"]

@@ -40,7 +40,7 @@ def test_shipped_scenario_is_the_seed_topology(shipped_scenario) -> None:  # typ
     assert shipped_scenario.clients_with_role(ClientRole.PIC_PARTNER)[0].effective_dns_policy is DnsPolicy.LEGACY
     assert len(shipped_scenario.selected_rules) == 38
     assert shipped_scenario.expected("I8") == (Verdict.PASS, None)
-    assert shipped_scenario.expected("E15") == (Verdict.UNIMPLEMENTED, None)
+    assert shipped_scenario.expected("E15") == (Verdict.PASS, None)  # every rule has a probe now
 
 
 def test_typo_in_a_key_names_line_and_field() -> None:
@@ -78,7 +78,7 @@ def test_missing_field_points_at_its_mapping() -> None:
 def test_unknown_rule_and_bad_expectation() -> None:
     problems = _problems(BASE.replace("rules: all", "rules: [E6, E99]"))
     assert any("rules" in p and "E99" in p for p in problems)
-    problems = _problems(BASE.replace("  I9: pass", "  I9: maybe"))
+    problems = _problems(BASE.replace("  default: pass", "  default: pass\n  I9: maybe"))
     assert any("expect" in p and "maybe" in p for p in problems)
 
 

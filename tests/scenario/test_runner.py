@@ -20,7 +20,7 @@ from simulator.scenario.rules import RULES_BY_ID
 from simulator.scenario.runner import run_rules
 from simulator.scenario.schema import CertificateVariant, ClientRole, Scenario
 
-from ..conftest import ROOT, SHIPPED
+from ..conftest import ROOT, SHIPPED, shipped_text_for_tests
 
 MGMT = ["I8", "I9", "I10", "I11"]
 
@@ -129,6 +129,7 @@ async def test_failed_prerequisite_blocks_its_dependants(shipped_scenario: Scena
     monkeypatch.setitem(PROBES, "sip-remote-signin", passing)  # E6, P3
     monkeypatch.setitem(PROBES, "mras-in", passing)  # I5
     monkeypatch.setitem(PROBES, "av-turn-udp-in", passing)  # E15, P6
+    monkeypatch.delitem(PROBES, "av-turn-udp-internal")  # I6: as if its probe were not written yet
     async with Lab(shipped_scenario) as lab:
         results = {r.rule.id: r for r in await run_rules(lab, ["E15", "E6", "I3", "I5", "I6", "P3"])}
     assert results["I3"].verdict is Verdict.FAIL
@@ -148,7 +149,9 @@ def _edgesim(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_run_writes_the_report_and_exits_0_on_the_shipped_scenario(tmp_path: Path) -> None:
-    result = _edgesim("run", str(SHIPPED), "--report-dir", str(tmp_path), "--no-progress")
+    scenario = tmp_path / "shipped.yaml"
+    scenario.write_text(shipped_text_for_tests(), encoding="utf-8")
+    result = _edgesim("run", str(scenario), "--report-dir", str(tmp_path), "--no-progress")
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     passing = sum(_probed(rule_id) for rule_id in RULES_BY_ID)
@@ -164,7 +167,8 @@ def test_cli_run_writes_the_report_and_exits_0_on_the_shipped_scenario(tmp_path:
 
 def test_cli_run_exits_1_when_verdicts_differ_from_expectations(tmp_path: Path) -> None:
     scenario = tmp_path / "strict.yaml"
-    scenario.write_text(SHIPPED.read_text().replace("  I9: pass", "  I9: fail:refused"), encoding="utf-8")
+    scenario.write_text(shipped_text_for_tests().replace("  default: pass", "  default: pass\n  I9: fail:refused"),
+                        encoding="utf-8")
     result = _edgesim("run", str(scenario), "--report-dir", str(tmp_path), "--no-progress", "--rules", "I8", "I9")
     assert result.returncode == 1, result.stdout + result.stderr
     report = json.loads((tmp_path / "report.json").read_text())

@@ -1,0 +1,235 @@
+"""The Access Edge of every node, the emulated Front End and Director, the partners' Edges, the lab's users.
+
+* :func:`access_edge_services` (per node): the Access Edge (external TLS 443, external MTLS 5061, internal
+  MTLS 5061) and the A/V Authentication service on internal 5062 writing to ``lab.credentials``;
+* :func:`sip_lab_services` (lab-wide): one :class:`~simulator.net.frontend.FrontEndServer` per Front End
+  and Director of the scenario (the Director is the Edges' next hop when there is one), one
+  :class:`~simulator.net.sip_partner.PartnerEdgeServer` per federated and PIC partner;
+* :func:`user_accounts`: the remote users' SIP accounts (``<population>-<n>@<domain>``), with passwords
+  derived from the scenario seed so SIPp and benchmarks can sign in too;
+* :func:`request_mras_credentials`: A/V credentials through the real SIP path — remote user → Access
+  Edge 443 → Director → Edge 5062 — for the A/V probes;
+* ``edgesim serve access-edge``: :func:`add_serve_access_edge`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from simulator.lab.addressing import HostKind
+from simulator.lab.names import DNS_PORT
+from simulator.lab.services import lab_service, node_service
+from simulator.net.access_edge import (
+    AccessEdge,
+    AccessEdgeConfig,
+    EdgeContexts,
+    MrasConfig,
+    MrasService,
+    NextHop,
+    run_until_stopped,
+    wait_for_stop,
+)
+from simulator.net.edge import Service
+from simulator.net.frontend import FrontEndConfig, FrontEndServer
+from simulator.net.resolver import StubResolver
+from simulator.net.sip_client import RemoteUser, SipClient
+from simulator.net.sip_partner import PartnerEdgeServer
+from simulator.net.tls import client_context, server_context
+from simulator.scenario.schema import ClientRole, Scenario
+from simulator.scenario.schema import EdgeNode as NodeSpec
+from simulator.wire import mras
+
+if TYPE_CHECKING:
+    from simulator.lab.topology import Lab
+
+SIP_TLS_PORT = 443
+SIP_MTLS_PORT = 5061
+MRAS_PORT = 5062
+DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent.parent / "scenarios" / "lync2013-scaled-edge-dns-nat.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    user: str
+    domain: str
+    password: str
+    host: str  # the lab address the user's client connects from
+
+    @property
+    def aor(self) -> str:
+        return f"sip:{self.user}@{self.domain}"
+
+
+def account_password(scenario: Scenario, user: str) -> str:
+    """A remote user's password: derived from the seed (a lab secret, printed by ``serve``)."""
+    return hashlib.sha256(f"edgesim:{scenario.seed}:{user}".encode()).hexdigest()[:16]
+
+
+def user_accounts(lab: Lab) -> list[Account]:
+    """Every remote user of the scenario, in file order."""
+    accounts: list[Account] = []
+    for client in lab.scenario.clients_with_role(ClientRole.REMOTE_USER):
+        for host in lab.plan.of(client.name, HostKind.CLIENT):
+            accounts.append(Account(host.name, lab.scenario.domain, account_password(lab.scenario, host.name),
+                                    host.address))
+    return accounts
+
+
+def _node_fqdn(lab: Lab, node: NodeSpec) -> str:
+    return node.internal_fqdn or lab.scenario.edge_pool.internal_fqdn
+
+
+def _internal_server(lab: Lab) -> NextHop:
+    """The Edges' internal next hop: the Director when the topology has one, else the Front End."""
+    for role in (ClientRole.DIRECTOR, ClientRole.FRONT_END):
+        clients = lab.scenario.clients_with_role(role)
+        if clients and clients[0].fqdn is not None:
+            host = lab.plan.of(clients[0].name, HostKind.CLIENT)[0].address
+            return NextHop(host, lab.port_map(SIP_MTLS_PORT), clients[0].fqdn)
+    raise LookupError("the scenario has no Director or Front End for the Edge to reach")
+
+
+def access_edge_address(lab: Lab, node: str) -> str:
+    """Where a node's Access Edge listens for the outside (its public address; the 1:1 NAT is DNAT only)."""
+    return lab.external_bind(node, "access")
+
+
+@node_service
+def access_edge_services(lab: Lab, node: NodeSpec) -> dict[str, Service]:
+    files = lab.files
+    assert files is not None
+    pool = lab.scenario.edge_pool
+    external = access_edge_address(lab, node.name)
+    internal = lab.plan.one(node.name, HostKind.EDGE_INTERNAL).address
+    config = AccessEdgeConfig(
+        node=node.name, domain=lab.scenario.domain, access_fqdn=pool.access_fqdn,
+        internal_fqdn=_node_fqdn(lab, node), external_host=external, internal_host=internal,
+        tls_port=lab.port_map(SIP_TLS_PORT), federation_port=lab.port_map(SIP_MTLS_PORT),
+        internal_port=lab.port_map(SIP_MTLS_PORT), mras_port=lab.port_map(MRAS_PORT))
+    contexts = EdgeContexts(
+        client_tls=lab.external_server_context(False),
+        federation_server=lab.external_server_context(True),
+        federation_client=client_context(files.ca, *files.cert("edge-external"), crl=files.crl),
+        internal_server=lab.internal_server_context(),
+        internal_client=client_context(files.ca, *files.cert("edge-internal"), crl=files.crl))
+    resolver = StubResolver(lab.plan.host("dns").address, lab.port_map(DNS_PORT), timeout=3.0, source=external)
+    rng = random.Random(f"{lab.scenario.seed}:access:{node.name}")
+    edge = AccessEdge(config, contexts, _internal_server(lab), resolver, lab.port_map, rng, lab.internal_peer_names)
+    relays = (mras.MediaRelay(mras.MrasLocation.INTRANET, pool.internal_fqdn),
+              mras.MediaRelay(mras.MrasLocation.INTERNET, pool.av_fqdn))
+    mras_service = MrasService(MrasConfig(node.name, relays), internal, lab.port_map(MRAS_PORT),
+                               lab.internal_server_context(), lab.internal_peer_names, lab.credentials,
+                               random.Random(f"{lab.scenario.seed}:mras:{node.name}"))
+    return {"access-edge": edge, **edge.listeners, "mras": mras_service}
+
+
+@lab_service
+def sip_lab_services(lab: Lab) -> dict[str, Service]:
+    files = lab.files
+    assert files is not None
+    pool = lab.scenario.edge_pool
+    edge_names = frozenset({pool.internal_fqdn, *(n.internal_fqdn for n in pool.nodes if n.internal_fqdn)})
+    edges = {}
+    for node in pool.nodes:
+        address = lab.plan.one(node.name, HostKind.EDGE_INTERNAL).address
+        edges[address] = NextHop(address, lab.port_map(SIP_MTLS_PORT), _node_fqdn(lab, node))
+    accounts = {account.user: account.password for account in user_accounts(lab)}
+    services: dict[str, Service] = {}
+    for client in lab.scenario.clients:
+        if client.fqdn is None or not lab.plan.of(client.name, HostKind.CLIENT):
+            continue
+        host = lab.plan.of(client.name, HostKind.CLIENT)[0].address
+        rng = random.Random(f"{lab.scenario.seed}:sip:{client.name}")
+        if client.role in (ClientRole.FRONT_END, ClientRole.DIRECTOR):
+            config = FrontEndConfig(client.name, client.fqdn, lab.scenario.domain, host,
+                                    lab.port_map(SIP_MTLS_PORT), accounts)
+            context = server_context(*files.cert(client.name, client.certificate), ca=files.ca, crl=files.crl)
+            services[f"sip-{client.name}"] = FrontEndServer(
+                config, context, lab.peer_client_context(client), edges, lab.port_map(MRAS_PORT),
+                edge_names | lab.internal_peer_names, rng)
+        elif client.role in (ClientRole.FEDERATED_PARTNER, ClientRole.PIC_PARTNER):
+            context = server_context(*files.cert(client.name, client.certificate), ca=files.ca, crl=files.crl)
+            services[f"sip-{client.name}"] = PartnerEdgeServer(f"sip-{client.name}", client.fqdn,
+                                                               client.domain or client.fqdn, host,
+                                                               lab.port_map(SIP_MTLS_PORT), context, rng)
+    return services
+
+
+# ------------------------------------------------------------------------------------ client helpers
+
+
+@asynccontextmanager
+async def remote_user_session(lab: Lab, node: str, *, index: int = 0, timeout: float = 5.0,
+                              sign_in: bool = True, seed: int | None = None) -> AsyncIterator[RemoteUser]:
+    """A remote user connected to ``node``'s Access Edge on 443 (signed in unless ``sign_in=False``)."""
+    assert lab.files is not None
+    account = user_accounts(lab)[index]
+    rng = random.Random(seed if seed is not None else f"{lab.scenario.seed}:user:{account.user}:{node}")
+    client = await SipClient.connect([access_edge_address(lab, node)], lab.port_map(SIP_TLS_PORT),
+                                     client_context(lab.files.ca), lab.scenario.edge_pool.access_fqdn, timeout,
+                                     rng, source=account.host)
+    async with client:
+        user = RemoteUser(client, account.user, account.domain, account.password)
+        if sign_in:
+            await user.sign_in(timeout)
+        yield user
+
+
+async def request_mras_credentials(lab: Lab, node: str, *, index: int = 0, timeout: float = 5.0,
+                                   location: mras.MrasLocation = mras.MrasLocation.INTERNET) -> mras.MrasResponse:
+    """A/V credentials through the real SIP path (research §1.3): a remote user signs in on ``node``'s
+    Access Edge (TLS 443), gets the ``mrasUri`` from provisioning, and sends SERVICE to it; the Edge
+    relays to the Director (internal MTLS 5061), which routes it to ``node``'s MRAS on internal 5062.
+
+    The credentials are in ``lab.credentials`` when this returns; raises ProbeFailure otherwise.
+    """
+    async with remote_user_session(lab, node, index=index, timeout=timeout) as user:
+        await user.provisioning(timeout)
+        return await user.request_mras(timeout, location=location)
+
+
+# ------------------------------------------------------------------------------------------- serve
+
+
+def add_serve_access_edge(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``edgesim serve access-edge [SCENARIO] [--node N] [--duration S]``."""
+    parser = subparsers.add_parser(
+        "access-edge", help="run a scenario's Access Edge (TLS 443, MTLS 5061, MRAS 5062) with its Director")
+    parser.add_argument("scenario", nargs="?", default=None, help="scenario file (default: the shipped one)")
+    parser.add_argument("--node", help="which pool node to announce (default: the first)")
+    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--pki-out", default=None, help="also write the lab PKI here (for peers on other hosts)")
+    parser.set_defaults(handler=_cmd_serve_access_edge)
+
+
+def _cmd_serve_access_edge(args: argparse.Namespace, console: object) -> int:
+    return run_until_stopped(lambda: _serve_access_edge(args))
+
+
+async def _serve_access_edge(args: argparse.Namespace) -> int:
+    from simulator.lab.topology import Lab
+    from simulator.scenario.loader import load_scenario
+
+    scenario = load_scenario(args.scenario or DEFAULT_SCENARIO)
+    node = args.node or scenario.edge_pool.nodes[0].name
+    if node not in {n.name for n in scenario.edge_pool.nodes}:
+        print(f"edgesim: no node {node!r} in {scenario.name}", file=sys.stderr)
+        return 2
+    async with Lab(scenario) as lab:
+        if args.pki_out:
+            lab.pki.write(args.pki_out)
+        address = access_edge_address(lab, node)
+        print(f"access-edge ready tls={address}:{lab.port_map(SIP_TLS_PORT)} "
+              f"mtls={address}:{lab.port_map(SIP_MTLS_PORT)}", flush=True)
+        for account in user_accounts(lab):
+            print(f"user {account.aor} password {account.password} from {account.host}", flush=True)
+        await wait_for_stop(args.duration)
+    return 0

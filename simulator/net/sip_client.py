@@ -1,0 +1,359 @@
+"""SIP clients of the lab: a remote Lync user, a partner's Edge, an internal server, over TLS/MTLS.
+
+:class:`SipClient` is one user agent over one persistent TLS connection: :meth:`SipClient.request` sends a
+request and returns its final response (provisional ones are skipped; RFC 3261 §17.1 over a reliable
+transport needs no retransmission), requests arriving from the far end (NOTIFY, MESSAGE, BYE …) are
+answered 200 and kept in :attr:`SipClient.inbox`. :meth:`SipClient.connect` takes every address of a
+DNS-load-balanced name and tries them in the order a :class:`~simulator.core.dns_policy.ResolverPolicy`
+gives, reporting failures to it (a Lync client goes on to the next address, a legacy one does not).
+
+:class:`RemoteUser` is what a Lync client does through the Access Edge on 443 (research §4.1): REGISTER →
+401 → REGISTER with Digest credentials → 200, the provisioning SUBSCRIBE that returns the ``mrasUri``,
+a presence SUBSCRIBE (whose NOTIFY comes back through the Edge), a SERVICE publication, IM (INVITE,
+MESSAGE, BYE) and the MRAS SERVICE for A/V credentials.
+
+Failures raise :class:`~simulator.report.verdict.ProbeFailure` with the reason code: TLS and socket
+errors classified, 4xx/5xx as ``rejected`` (or the ``edgesim-reason`` a hop put in ``ms-diagnostics``),
+no answer as ``timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from simulator.core.dns_policy import ResolverPolicy
+from simulator.net.sip_connection import SipConnection, diagnostic_reason, open_sip_tls
+from simulator.net.tls import classify_tls_error
+from simulator.report.verdict import ProbeFailure, Reason
+from simulator.wire import digest, mras
+from simulator.wire.errors import MalformedMessage
+from simulator.wire.sip import (
+    SipRequest,
+    SipResponse,
+    make_request,
+    make_response,
+    new_branch,
+    new_call_id,
+    new_tag,
+    parse_name_addr,
+)
+
+USER_AGENT = "edgesim-client (Lync 2013 emulation)"
+REGISTER_CONTACT_METHODS = "INVITE, MESSAGE, INFO, SUBSCRIBE, OPTIONS, BYE, CANCEL, NOTIFY, ACK, REFER, BENOTIFY"
+_MRAS_URI = re.compile(r"<mrasUri>([^<]+)</mrasUri>")
+
+
+@dataclass
+class ConnectAttempt:
+    address: str
+    reason: Reason | None
+    detail: str = ""
+
+
+class SipClient:
+    """One UA on one TLS connection."""
+
+    def __init__(self, connection: SipConnection, rng: random.Random) -> None:
+        self.connection = connection
+        self.rng = rng
+        self.attempts: list[ConnectAttempt] = []
+        self.inbox: asyncio.Queue[SipRequest] = asyncio.Queue()
+        self._waiting: dict[str, asyncio.Future[SipResponse]] = {}
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def connect(cls, addresses: Sequence[str], port: int, context: ssl.SSLContext, server_name: str,
+                      timeout: float, rng: random.Random, *, source: str | None = None,
+                      policy: ResolverPolicy | None = None) -> SipClient:
+        """Connect to the first address that completes TLS, in ``policy`` order (all, in order, without)."""
+        now = time.monotonic()
+        order = policy.candidates(addresses, now) if policy is not None else list(dict.fromkeys(addresses))
+        attempts: list[ConnectAttempt] = []
+        for address in order:
+            try:
+                connection = await open_sip_tls(address, port, context, server_name, timeout, source=source)
+            except (OSError, ssl.SSLError, TimeoutError) as error:
+                attempts.append(ConnectAttempt(address, classify_tls_error(error), f"{address}:{port}: {error}"))
+                if policy is not None:
+                    policy.report_failure(address, now)
+                continue
+            if policy is not None:
+                policy.report_success(address, now)
+            attempts.append(ConnectAttempt(address, None))
+            client = cls(connection, rng)
+            client.attempts = attempts
+            return client
+        if not attempts:
+            raise ProbeFailure(Reason.NO_PEER, f"no address to connect to for {server_name}")
+        last = attempts[-1]
+        assert last.reason is not None
+        tried = ", ".join(a.address for a in attempts)
+        raise ProbeFailure(last.reason, f"{last.detail} (tried {tried})")
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        await self.connection.close()
+        for future in self._waiting.values():
+            future.cancel()
+
+    async def __aenter__(self) -> SipClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def local(self) -> tuple[str, int]:
+        return self.connection.local
+
+    def via(self) -> str:
+        host, port = self.connection.local
+        return f"SIP/2.0/TLS {host}:{port};branch={new_branch(self.rng)}"
+
+    def build(self, method: str, uri: str, from_: str, to: str, *, call_id: str | None = None, cseq: int = 1,
+              headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> SipRequest:
+        """A request with a fresh Via (this connection's local address) and a From tag."""
+        sender = parse_name_addr(from_)
+        if sender.tag is None:
+            from_ = str(sender.with_tag(new_tag(self.rng)))
+        return make_request(method, uri, via=self.via(), from_=from_, to=to, call_id=call_id or new_call_id(self.rng),
+                            cseq=cseq, headers=[("User-Agent", USER_AGENT), *headers], body=body)
+
+    async def request(self, request: SipRequest, timeout: float) -> SipResponse:
+        """Send and wait for the final response; ProbeFailure(timeout/reset) when there is none."""
+        branch = request.top_via.branch or ""
+        future: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
+        self._waiting[branch] = future
+        try:
+            await self.connection.send(request)
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise ProbeFailure(Reason.TIMEOUT, f"no final response to {request.method} within {timeout} s") from None
+        except (OSError, ssl.SSLError) as error:
+            raise ProbeFailure(classify_tls_error(error), f"{request.method}: {error}") from None
+        finally:
+            self._waiting.pop(branch, None)
+
+    async def send(self, request: SipRequest) -> None:
+        """Send without waiting (ACK)."""
+        try:
+            await self.connection.send(request)
+        except (OSError, ssl.SSLError) as error:
+            raise ProbeFailure(classify_tls_error(error), f"{request.method}: {error}") from None
+
+    async def _read(self) -> None:
+        try:
+            async with contextlib.aclosing(self.connection.messages()) as messages:
+                async for message in messages:
+                    if isinstance(message, SipResponse):
+                        if message.status < 200:
+                            continue
+                        with contextlib.suppress(MalformedMessage):
+                            future = self._waiting.get(message.top_via.branch or "")
+                            if future is not None and not future.done():
+                                future.set_result(message)
+                        continue
+                    if message.method != "ACK":
+                        with contextlib.suppress(OSError, ssl.SSLError):
+                            await self.connection.send(make_response(message, 200, to_tag=new_tag(self.rng)))
+                    self.inbox.put_nowait(message)
+        finally:
+            error = self.connection.error
+            for future in self._waiting.values():
+                if future.done():
+                    continue
+                if error is None:
+                    future.set_exception(ProbeFailure(Reason.RESET, "connection closed before the response"))
+                else:
+                    future.set_exception(ProbeFailure(classify_tls_error(error), f"connection lost: {error}"))
+
+    async def next_request(self, method: str, timeout: float) -> SipRequest:
+        """The next request of ``method`` the far end sent (others are dropped while waiting)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    request = await self.inbox.get()
+                    if request.method == method:
+                        return request
+        except TimeoutError:
+            raise ProbeFailure(Reason.TIMEOUT, f"no {method} arrived within {timeout} s") from None
+
+
+def require_success(response: SipResponse, what: str) -> SipResponse:
+    """The response when 2xx; otherwise ProbeFailure (the hop's reason, or ``rejected``)."""
+    if 200 <= response.status < 300:
+        return response
+    reason = diagnostic_reason(response) or Reason.REJECTED
+    diagnostics = response.headers.get("ms-diagnostics") or ""
+    server = response.headers.get("server") or "?"
+    raise ProbeFailure(reason, f"{what}: {response.status} {response.reason} from {server}"
+                       + (f" ({diagnostics})" if diagnostics else ""))
+
+
+@dataclass(frozen=True, slots=True)
+class SignIn:
+    challenge: SipResponse
+    accepted: SipResponse
+
+
+class RemoteUser:
+    """A Lync remote user signed in through the Access Edge (TLS 443)."""
+
+    def __init__(self, client: SipClient, user: str, domain: str, password: str) -> None:
+        self.client = client
+        self.user = user
+        self.domain = domain
+        self.password = password
+        self.aor = f"sip:{user}@{domain}"
+        self.instance = f"<urn:uuid:{client.rng.getrandbits(128):032x}>"
+        self._call_id = new_call_id(client.rng)
+        self._tag = new_tag(client.rng)
+        self._cseq = 0
+        self.mras_uri: str | None = None
+
+    @property
+    def from_(self) -> str:
+        return f"<{self.aor}>;tag={self._tag}"
+
+    def _contact(self) -> str:
+        host, port = self.client.local
+        return (f"<sip:{host}:{port};transport=tls;ms-opaque={self._tag}>;methods=\"{REGISTER_CONTACT_METHODS}\";"
+                f'proxy=replace;+sip.instance="{self.instance}"')
+
+    async def sign_in(self, timeout: float) -> SignIn:
+        """REGISTER → 401 → REGISTER with Digest → 200 (research §4.1 item 3; Digest for NTLM/TLS-DSK)."""
+        registrar = f"sip:{self.domain}"
+        headers = [("Contact", self._contact()), ("Supported", "gruu-10, adhoclist, msrtc-event-categories"),
+                   ("Event", "registration"), ("ms-keep-alive", "UAC;hop-hop=yes"), ("Expires", "3600")]
+        self._cseq += 1
+        first = await self.client.request(self.client.build("REGISTER", registrar, self.from_, f"<{self.aor}>",
+                                                            call_id=self._call_id, cseq=self._cseq,
+                                                            headers=headers), timeout)
+        if first.status != 401:
+            require_success(first, "REGISTER without credentials")
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"REGISTER without credentials accepted ({first.status}), "
+                               "expected a 401 challenge")
+        value = first.headers.get("www-authenticate")
+        if value is None:
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, "401 without WWW-Authenticate")
+        try:
+            challenge = digest.parse_challenge(value)
+            credentials = digest.answer_challenge(challenge, username=self.user, password=self.password,
+                                                  method="REGISTER", uri=registrar,
+                                                  cnonce=f"{self.client.rng.getrandbits(64):016x}")
+        except MalformedMessage as error:
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"unusable challenge: {error.reason}") from None
+        self._cseq += 1
+        second = await self.client.request(self.client.build(
+            "REGISTER", registrar, self.from_, f"<{self.aor}>", call_id=self._call_id, cseq=self._cseq,
+            headers=[*headers, ("Authorization", credentials.to_header())]), timeout)
+        require_success(second, "REGISTER with credentials")
+        return SignIn(first, second)
+
+    async def provisioning(self, timeout: float) -> str:
+        """SUBSCRIBE vnd-microsoft-provisioning-v2; returns the mrasUri from the piggybacked answer."""
+        request = self.client.build(
+            "SUBSCRIBE", self.aor, self.from_, f"<{self.aor}>",
+            headers=[("Event", "vnd-microsoft-provisioning-v2"), ("Accept", "application/vnd-microsoft-roaming-"
+                     "provisioning-v2+xml"), ("Supported", "ms-piggyback-first-notify"), ("Expires", "0"),
+                     ("Contact", self._contact())])
+        response = require_success(await self.client.request(request, timeout), "provisioning SUBSCRIBE")
+        match = _MRAS_URI.search(response.body.decode("utf-8", "replace"))
+        if match is None:
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, "provisioning answer without mrasUri")
+        self.mras_uri = match.group(1)
+        return self.mras_uri
+
+    async def subscribe_presence(self, target: str, timeout: float) -> SipRequest:
+        """SUBSCRIBE presence of ``target``; returns the NOTIFY that came back through the Edge."""
+        request = self.client.build("SUBSCRIBE", target, self.from_, f"<{target}>",
+                                    headers=[("Event", "presence"), ("Accept", "application/pidf+xml"),
+                                             ("Supported", "eventlist"), ("Expires", "3600"),
+                                             ("Contact", self._contact())])
+        require_success(await self.client.request(request, timeout), "presence SUBSCRIBE")
+        return await self.client.next_request("NOTIFY", timeout)
+
+    async def publish_presence(self, timeout: float) -> SipResponse:
+        body = (b'<publish xmlns="http://schemas.microsoft.com/2006/09/sip/rich-presence"><publications uri="'
+                + self.aor.encode() + b'"><publication categoryName="state" instance="0" container="2" '
+                b'version="0" expireType="endpoint"><state xmlns="http://schemas.microsoft.com/2006/09/sip/state"'
+                b' type="userState"><availability>3500</availability></state></publication></publications>'
+                b"</publish>")
+        request = self.client.build("SERVICE", self.aor, self.from_, f"<{self.aor}>",
+                                    headers=[("Content-Type", "application/msrtc-category-publish+xml")], body=body)
+        return require_success(await self.client.request(request, timeout), "presence SERVICE")
+
+    async def instant_message(self, target: str, text: str, timeout: float) -> SipResponse:
+        """INVITE (m=message) → 200 → ACK, MESSAGE → 200, BYE → 200; returns the MESSAGE's answer."""
+        host, port = self.client.local
+        sdp = (f"v=0\r\no=- 0 0 IN IP4 {host}\r\ns=session\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
+               f"m=message {port} sip null\r\na=accept-types:text/plain\r\n").encode()
+        call_id, tag = new_call_id(self.client.rng), new_tag(self.client.rng)
+        from_ = f"<{self.aor}>;tag={tag}"
+        invite = self.client.build("INVITE", target, from_, f"<{target}>", call_id=call_id, cseq=1,
+                                   headers=[("Contact", self._contact()), ("Content-Type", "application/sdp")],
+                                   body=sdp)
+        answer = require_success(await self.client.request(invite, timeout), "IM INVITE")
+        to = answer.headers.get("to") or f"<{target}>"
+        routes = list(reversed(answer.headers.values("record-route")))  # RFC 3261 §12.1.2: UAC route set
+        remote = answer.contacts[0].uri if answer.contacts and answer.contacts[0].uri is not None else target
+        in_dialog = [("Route", route) for route in routes]
+        await self.client.send(self.client.build("ACK", str(remote), from_, to, call_id=call_id, cseq=1,
+                                                 headers=in_dialog))
+        message = self.client.build("MESSAGE", str(remote), from_, to, call_id=call_id, cseq=2,
+                                    headers=[*in_dialog, ("Content-Type", "text/plain; charset=UTF-8")],
+                                    body=text.encode())
+        delivered = require_success(await self.client.request(message, timeout), "IM MESSAGE")
+        bye = self.client.build("BYE", str(remote), from_, to, call_id=call_id, cseq=3, headers=in_dialog)
+        require_success(await self.client.request(bye, timeout), "IM BYE")
+        return delivered
+
+    async def request_mras(self, timeout: float, mras_uri: str | None = None,
+                           location: mras.MrasLocation = mras.MrasLocation.INTERNET) -> mras.MrasResponse:
+        """SERVICE to the mrasUri (research §1.3); returns the parsed credentials response."""
+        uri = mras_uri or self.mras_uri or await self.provisioning(timeout)
+        body = mras_request_body(self.client.rng, self.aor, uri, location)
+        request = self.client.build("SERVICE", uri, self.from_, f"<{uri}>",
+                                    headers=[("Content-Type", mras.CONTENT_TYPE)], body=body)
+        response = require_success(await self.client.request(request, timeout), "MRAS SERVICE")
+        return parse_mras_answer(response)
+
+
+def parse_mras_answer(response: SipResponse) -> mras.MrasResponse:
+    """The MRAS body of a 200, checked: credentials present and reasonPhrase OK."""
+    if response.content_type != mras.CONTENT_TYPE:
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"MRAS answer has Content-Type {response.content_type}")
+    try:
+        answer = mras.parse_mras_response(response.body)
+    except MalformedMessage as error:
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"bad MRAS answer: {error.reason}") from None
+    if answer.credentials is None or answer.reason_phrase != "OK":
+        raise ProbeFailure(Reason.REJECTED, f"MRAS refused: {answer.reason_phrase}")
+    return answer
+
+
+async def one_request(host: str, port: int, context: ssl.SSLContext, server_name: str, timeout: float,
+                      rng: random.Random, method: str, uri: str, from_: str, to: str, *,
+                      source: str | None = None, headers: Sequence[tuple[str, str]] = (),
+                      body: bytes = b"") -> SipResponse:
+    """Connect, send one request, return its final response (any status), close."""
+    client = await SipClient.connect([host], port, context, server_name, timeout, rng, source=source)
+    async with client:
+        return await client.request(client.build(method, uri, from_, to, headers=headers, body=body), timeout)
+
+
+def mras_request_body(rng: random.Random, identity: str, to_uri: str,
+                      location: mras.MrasLocation = mras.MrasLocation.INTERNET) -> bytes:
+    return mras.MrasRequest(request_id=str(rng.getrandbits(31)), from_uri=identity, to_uri=to_uri,
+                            credentials_request_id=str(rng.getrandbits(31)), identity=identity,
+                            location=location).to_xml()

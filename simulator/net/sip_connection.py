@@ -1,0 +1,319 @@
+"""SIP over TLS streams: one connection object for every side, a TLS listener, and outbound TLS.
+
+* :class:`SipConnection` frames a TLS byte stream with :class:`~simulator.wire.sip.SipStreamFramer`,
+  answers CRLFCRLF keepalives, and turns a malformed request into the codec's status (400, 413, 505 …)
+  built from whatever mandatory headers could be salvaged (RFC 3261 §8.2.6 needs Via, From, To, Call-ID,
+  CSeq); a request without a Via cannot be answered and is dropped. Every malformed message is counted.
+  When framing itself is lost the connection is closed.
+* :class:`SipTlsListener` accepts TCP and runs the server side of TLS through
+  :class:`~simulator.net.tlsstream.TlsStream`, so a refused client certificate sends its alert and is
+  counted by reason; an authenticated peer whose certificate names none of ``allowed_peers`` is refused
+  as ``wrong-san``.
+* :func:`open_sip_tls` opens the client side (asyncio TLS, hostname checked by the context) from an
+  optional source address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import ssl
+from collections import Counter
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Protocol
+
+from simulator.net.tls import classify_tls_error, peer_dns_names
+from simulator.net.tlsstream import TlsStream
+from simulator.report.verdict import Reason
+from simulator.wire.errors import MalformedMessage
+from simulator.wire.sip import (
+    KEEPALIVE_PONG,
+    REASON_PHRASES,
+    KeepalivePing,
+    SipMessage,
+    SipRequest,
+    SipResponse,
+    SipStreamFramer,
+    header_key,
+)
+
+READ_SIZE = 65536
+HANDSHAKE_TIMEOUT = 5.0
+_SALVAGED = ("via", "from", "to", "call-id", "cseq")
+_connection_ids = itertools.count(1)
+
+
+class ByteStream(Protocol):
+    """What a :class:`SipConnection` reads from and writes to (TLS already established)."""
+
+    async def read(self, limit: int = READ_SIZE) -> bytes: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class AsyncioStream:
+    """:class:`ByteStream` over an asyncio reader/writer pair (the client side of TLS)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def read(self, limit: int = READ_SIZE) -> bytes:
+        return await self._reader.read(limit)
+
+    def write(self, data: bytes) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await self._writer.wait_closed()
+
+
+def salvage_error_response(raw: bytes, status: int) -> bytes | None:
+    """An error response to a request the codec refused, from its raw bytes; ``None`` if unanswerable.
+
+    RFC 3261 §8.2.6.2 asks for Via, From, To, Call-ID and CSeq copied; a response to a response, or a
+    request without any Via, is impossible (§18.1.2), so ``None``. Never raises.
+    """
+    head = raw.lstrip(b"\r\n").split(b"\r\n\r\n", 1)[0]
+    lines = head.split(b"\r\n")
+    if not lines or lines[0][:4].upper() == b"SIP/":
+        return None
+    copied: list[bytes] = []
+    has_via = False
+    for line in lines[1:]:
+        name, colon, _ = line.partition(b":")
+        if not colon:
+            continue
+        try:
+            key = header_key(name.strip(b" \t").decode("ascii"))
+        except UnicodeDecodeError:
+            continue
+        if key in _SALVAGED and b"\x00" not in line and b"\r" not in line and b"\n" not in line:
+            copied.append(line)
+            has_via = has_via or key == "via"
+    if not has_via:
+        return None
+    reason = REASON_PHRASES.get(status, "Bad Request")
+    return (f"SIP/2.0 {status} {reason}\r\n".encode() + b"\r\n".join(copied)
+            + b"\r\nContent-Length: 0\r\n\r\n")
+
+
+class SipConnection:
+    """One SIP-over-TLS connection: ``messages()`` yields what arrives, ``send()`` writes."""
+
+    def __init__(self, stream: ByteStream, *, peer: tuple[str, int], local: tuple[str, int],
+                 peer_names: frozenset[str] = frozenset(), side: str = "") -> None:
+        self.id = f"c{next(_connection_ids)}"
+        self.stream = stream
+        self.peer = peer
+        self.local = local
+        self.peer_names = peer_names
+        self.side = side
+        self.closed = False
+        self.error: BaseException | None = None  # what ended the read side, when it was not a clean close
+        self.malformed = 0
+        self.keepalives = 0
+        self.authenticated: set[str] = set()  # AORs a registrar accepted on this flow (Access Edge)
+        self._framer = SipStreamFramer()
+        self._raw = bytearray()
+        self._write_lock = asyncio.Lock()
+
+    async def send(self, message: SipMessage) -> None:
+        await self.send_bytes(message.encode())
+
+    async def send_bytes(self, data: bytes) -> None:
+        if self.closed:
+            raise ConnectionResetError(f"connection {self.id} to {self.peer} is closed")
+        async with self._write_lock:
+            self.stream.write(data)
+            await self.stream.drain()
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.stream.close()
+
+    async def messages(self) -> AsyncGenerator[SipMessage, None]:
+        """Messages until the peer closes; keepalives and malformed requests are handled here."""
+        framer = self._framer
+        while not self.closed:
+            try:
+                data = await self.stream.read(READ_SIZE)
+            except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as error:
+                self.error = error  # e.g. a TLS 1.3 alert refusing our certificate after the handshake
+                return
+            if not data:
+                return
+            framer.feed(data)
+            self._raw += data
+            while True:
+                try:
+                    event = framer.next_event()
+                except MalformedMessage as error:
+                    self.malformed += 1
+                    raw = self._take()
+                    if error.status is not None:
+                        answer = salvage_error_response(raw, error.status)
+                        if answer is not None:
+                            with contextlib.suppress(OSError, ssl.SSLError):
+                                await self.send_bytes(answer)
+                    if framer.broken:
+                        return
+                    continue
+                if event is None:
+                    break
+                self._take()
+                if isinstance(event, KeepalivePing):
+                    self.keepalives += 1
+                    with contextlib.suppress(OSError, ssl.SSLError):
+                        await self.send_bytes(KEEPALIVE_PONG)  # RFC 5626 §3.5.1
+                    continue
+                if isinstance(event, SipRequest | SipResponse):
+                    yield event
+
+    def _take(self) -> bytes:
+        """The raw bytes of the event the framer just produced (what it consumed since the last one)."""
+        consumed = max(0, len(self._raw) - self._framer.buffered)
+        data = bytes(self._raw[:consumed])
+        del self._raw[:consumed]
+        return data
+
+
+ConnectionHandler = Callable[[SipConnection], Awaitable[None]]
+
+
+class SipTlsListener:
+    """A SIP/TLS (or SIP/MTLS) listener: handshake, peer check, then ``handler(connection)``."""
+
+    def __init__(self, name: str, host: str, port: int, context: ssl.SSLContext, handler: ConnectionHandler,
+                 *, allowed_peers: frozenset[str] | None = None, side: str = "",
+                 refuse: Callable[[SipConnection, Reason], Awaitable[None]] | None = None) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.side = side
+        self._context = context
+        self._handler = handler
+        self._allowed = allowed_peers
+        self._refuse = refuse
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.connections: set[SipConnection] = set()
+        self.accepted = 0
+        self.rejected: Counter[str] = Counter()
+        self._malformed_closed = 0
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connected, self.host, self.port, reuse_address=True,
+                                                  backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
+
+    @property
+    def malformed(self) -> int:
+        """Malformed messages received on this listener's connections, open and closed."""
+        return sum(connection.malformed for connection in self.connections) + self._malformed_closed
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        stream = TlsStream(reader, writer, self._context)
+        peer = writer.get_extra_info("peername") or ("", 0)
+        local = writer.get_extra_info("sockname") or (self.host, self.port)
+        connection: SipConnection | None = None
+        try:
+            try:
+                await stream.handshake(HANDSHAKE_TIMEOUT)
+            except (OSError, ssl.SSLError, TimeoutError) as error:
+                self.rejected[str(classify_tls_error(error))] += 1
+                return
+            names = frozenset(peer_dns_names(stream.getpeercert()))
+            connection = SipConnection(stream, peer=(peer[0], peer[1]), local=(local[0], local[1]),
+                                       peer_names=names, side=self.side)
+            if self._allowed is not None and not names & self._allowed:
+                self.rejected[str(Reason.WRONG_SAN)] += 1
+                if self._refuse is not None:
+                    await self._refuse(connection, Reason.WRONG_SAN)
+                return
+            self.accepted += 1
+            self.connections.add(connection)
+            await self._handler(connection)
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            # stop() cancelled us; end normally, or asyncio's stream callback logs the cancellation
+            pass
+        finally:
+            self._tasks.discard(task)
+            if connection is not None:
+                self.connections.discard(connection)
+                self._malformed_closed += connection.malformed
+                connection.closed = True
+            await stream.close()
+
+
+async def open_sip_tls(host: str, port: int, context: ssl.SSLContext, server_name: str, timeout: float, *,
+                       source: str | None = None, side: str = "") -> SipConnection:
+    """Connect and complete TLS (the context checks the server's certificate names ``server_name``).
+
+    Raises OSError/ssl.SSLError/TimeoutError; callers classify with ``classify_tls_error``.
+    """
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, ssl=context, server_hostname=server_name,
+                                ssl_handshake_timeout=timeout, local_addr=(source, 0) if source else None),
+        timeout)
+    peercert = writer.get_extra_info("peercert")
+    local = writer.get_extra_info("sockname") or ("", 0)
+    return SipConnection(AsyncioStream(reader, writer), peer=(host, port), local=(local[0], local[1]),
+                         peer_names=frozenset(peer_dns_names(peercert)), side=side)
+
+
+# ms-diagnostics (MS-SIPRE §2.2.3 style): "<code>;reason=\"…\"", plus the lab's reason code so a client
+# far away can tell *why* a hop refused (wrong-san, untrusted …) without reading the server's counters.
+DIAGNOSTICS_HEADER = "ms-diagnostics"
+
+
+def format_diagnostic(code: int, text: str, reason: Reason | None = None) -> tuple[str, str]:
+    """An ``ms-diagnostics`` header carrying ``reason`` as ``edgesim-reason``."""
+    value = f'{code};reason="{text}"'
+    if reason is not None:
+        value += f';edgesim-reason="{reason}"'
+    return DIAGNOSTICS_HEADER, value
+
+
+def diagnostic_reason(message: SipMessage) -> Reason | None:
+    """The ``edgesim-reason`` of a response's ``ms-diagnostics``, if it names a known reason."""
+    value = message.headers.get(DIAGNOSTICS_HEADER) or ""
+    marker = 'edgesim-reason="'
+    start = value.find(marker)
+    if start < 0:
+        return None
+    end = value.find('"', start + len(marker))
+    text = value[start + len(marker):end if end >= 0 else None]
+    return Reason(text) if text in set(Reason) else None

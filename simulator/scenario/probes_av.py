@@ -1,0 +1,306 @@
+"""Probes of the A/V rules: E10–E17, I6, I7, P4–P6.
+
+Every probe first gets TURN credentials the way a Lync client does — sign in through the Access Edge
+(443), SERVICE to MRAS, which the Director routes to the node's 5062 (rule I5) — then allocates on the
+node's A/V Edge and moves data through the relay:
+
+* MS-TURN over UDP 3478 / TCP 443 (E15, E16, P6 from outside; I6, I7 from inside): the 401 must carry
+  ALTERNATE-SERVER = this node's public A/V address, the relay (MAPPED-ADDRESS) must be this node's public
+  address on a port in the relay range, never a private address, and a payload must cross the relay to a
+  media peer and back (the peer reports the source it saw: the relay's public address and port);
+* UDP relay both ways (E11 out, E13 in), and Edge-to-Edge STUN to a partner's 3478 through the relay
+  (E14, P5: the partner's Binding answer names the relay address);
+* TCP relays (RFC 6062 over TCP 443): the relay opens TCP to a peer (E10, P4; E17 to the peer's 443) or
+  a peer opens TCP to the relay port (E12), and bytes cross both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+
+from simulator.lab.access import request_mras_credentials
+from simulator.lab.addressing import HostKind
+from simulator.lab.av import PEER_TCP_MEDIA_PORT, TURN_TCP_PORT, TURN_UDP_PORT
+from simulator.net.media_peer import parse_seen
+from simulator.net.turn_client import Allocation, MsTurnClient, RfcTcpRelayClient
+from simulator.report.verdict import Outcome, ProbeFailure, Reason
+from simulator.scenario.probing import ProbeContext, guarded, peer, probe
+from simulator.scenario.schema import ClientRole
+from simulator.wire import mras, stun
+from simulator.wire.errors import MalformedMessage
+from simulator.wire.stun import Address, StunMethod
+
+MS_VERSION = 3
+
+
+def _rng(ctx: ProbeContext, node: str) -> random.Random:
+    return random.Random(f"{ctx.lab.scenario.seed}:{ctx.rule.id}:{node}")
+
+
+async def _credentials(ctx: ProbeContext, node: str, internal: bool) -> tuple[str, str]:
+    location = mras.MrasLocation.INTRANET if internal else mras.MrasLocation.INTERNET
+    answer = await request_mras_credentials(ctx.lab, node, timeout=ctx.timeout, location=location)
+    if answer.credentials is None:
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, "MRAS answered without credentials")
+    return answer.credentials.username, answer.credentials.password
+
+
+def _peer_host(ctx: ProbeContext, role: ClientRole) -> str:
+    client = peer(ctx, role)
+    return ctx.lab.plan.of(client.name, HostKind.CLIENT)[0].address
+
+
+def _client_host(ctx: ProbeContext, role: ClientRole) -> str:
+    """Where the client side of a rule sits: a remote user, a Live Messenger user, an internal server."""
+    clients = ctx.lab.scenario.clients_with_role(role)
+    if not clients:
+        raise ProbeFailure(Reason.NO_PEER, f"the scenario has no {role} to run {ctx.rule.id} from")
+    return ctx.lab.plan.of(clients[0].name, HostKind.CLIENT)[-1].address
+
+
+def _check_allocation(ctx: ProbeContext, node: str, allocation: Allocation, server: Address,
+                      client: Address | None) -> str:
+    public = ctx.lab.external_bind(node, "av")
+    private = ctx.lab.private_addresses(node)
+    seen = {allocation.relay.host, *(a.host for a in (allocation.alternate, allocation.reflexive) if a)}
+    if seen & private:
+        raise ProbeFailure(Reason.PRIVATE_ADDRESS_LEAKED, f"private address {sorted(seen & private)} in the answer")
+    if allocation.alternate != server:
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"401 ALTERNATE-SERVER {allocation.alternate}, expected "
+                                                  f"{server.host}:{server.port} (pins the client to this node)")
+    relays = ctx.lab.scenario.edge_pool.relay_ports
+    if allocation.relay.host != public or not relays.first <= allocation.relay.port <= relays.last:
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"relay {allocation.relay} is not {public}:"
+                                                  f"{relays.first}-{relays.last}")
+    if client is not None and allocation.reflexive is not None and allocation.reflexive != client:
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"reflexive {allocation.reflexive}, expected {client}")
+    return f"relay {allocation.relay.host}:{allocation.relay.port}"
+
+
+async def _ms_session(ctx: ProbeContext, node: str, transport: str, *, internal: bool,
+                      client_role: ClientRole) -> tuple[MsTurnClient, Allocation, str]:
+    username, password = await _credentials(ctx, node, internal)
+    host = ctx.lab.plan.one(node, HostKind.EDGE_INTERNAL).address if internal else ctx.lab.external_bind(node, "av")
+    port = ctx.lab.port_map(TURN_UDP_PORT if transport == "udp" else TURN_TCP_PORT)
+    # MS-VERSION 3 (RFC 5389 header, real attribute lengths) as Lync 2013 clients send (research §1.1).
+    client = MsTurnClient("udp" if transport == "udp" else "tcp", Address(host, port), username, password,
+                          _rng(ctx, node), version=MS_VERSION, local_host=_client_host(ctx, client_role))
+    await client.open(ctx.timeout)
+    try:
+        allocation = await client.allocate(ctx.timeout)
+        detail = _check_allocation(ctx, node, allocation, Address(host, port), client.local)
+    except BaseException:
+        await client.close()
+        raise
+    return client, allocation, f"{host}:{port}/{transport}: {detail}"
+
+
+async def _echo_through(ctx: ProbeContext, client: MsTurnClient, allocation: Allocation, peer_host: str) -> str:
+    """Send a payload to the peer's UDP echo through the relay; it must come back, sent from the relay."""
+    peer_address = Address(peer_host, ctx.lab.port_map(TURN_UDP_PORT))
+    payload = f"edgesim-{ctx.rule.id}".encode()
+    for _ in range(3):  # UDP: a couple of tries, bounded
+        client.send(peer_address, payload)
+        try:
+            source, data = await client.receive(ctx.timeout / 2)
+        except ProbeFailure:
+            continue
+        parsed = parse_seen(data)
+        if parsed is None or parsed[1] != payload:
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"unexpected data back: {data[:60]!r}")
+        if parsed[0] != allocation.relay:
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"the peer saw {parsed[0]}, not the relay {allocation.relay}")
+        if source is not None and source != peer_address:
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"data came from {source}, not {peer_address}")
+        return f"peer {peer_address.host} saw the relay, echo came back"
+    raise ProbeFailure(Reason.NO_RETURN_PATH, f"nothing came back from {peer_address} through the relay")
+
+
+async def _ms_probe(ctx: ProbeContext, node: str, transport: str, *, internal: bool, client_role: ClientRole,
+                    peer_role: ClientRole) -> str:
+    client, allocation, detail = await _ms_session(ctx, node, transport, internal=internal, client_role=client_role)
+    try:
+        return f"{detail}; {await _echo_through(ctx, client, allocation, _peer_host(ctx, peer_role))}"
+    finally:
+        await client.close()
+
+
+@probe("av-turn-udp-in")
+async def av_turn_udp_in(ctx: ProbeContext, node: str) -> Outcome:
+    """E15/P6: MS-TURN Allocate over UDP 3478 from outside (a remote user; for P6 a Live Messenger user)."""
+    role = ClientRole.PIC_PARTNER if ctx.rule.id == "P6" else ClientRole.REMOTE_USER
+    return await guarded(node, lambda: _ms_probe(ctx, node, "udp", internal=False, client_role=role,
+                                                 peer_role=ClientRole.FEDERATED_PARTNER))
+
+
+@probe("av-turn-tcp-in")
+async def av_turn_tcp_in(ctx: ProbeContext, node: str) -> Outcome:
+    """E16: MS-TURN over TCP 443 (pseudo-TLS hello, 4-byte framing) from a remote user."""
+    return await guarded(node, lambda: _ms_probe(ctx, node, "tcp", internal=False, client_role=ClientRole.REMOTE_USER,
+                                                 peer_role=ClientRole.FEDERATED_PARTNER))
+
+
+@probe("av-turn-udp-internal")
+async def av_turn_udp_internal(ctx: ProbeContext, node: str) -> Outcome:
+    """I6: MS-TURN over UDP 3478 to the internal interface; the relay is still the public A/V address."""
+    return await guarded(node, lambda: _ms_probe(ctx, node, "udp", internal=True, client_role=ClientRole.FRONT_END,
+                                                 peer_role=ClientRole.FEDERATED_PARTNER))
+
+
+@probe("av-turn-tcp-internal")
+async def av_turn_tcp_internal(ctx: ProbeContext, node: str) -> Outcome:
+    """I7: MS-TURN over TCP 443 to the internal interface."""
+    return await guarded(node, lambda: _ms_probe(ctx, node, "tcp", internal=True, client_role=ClientRole.FRONT_END,
+                                                 peer_role=ClientRole.FEDERATED_PARTNER))
+
+
+@probe("av-relay-udp-out")
+async def av_relay_udp_out(ctx: ProbeContext, node: str) -> Outcome:
+    """E11: the relay sends RTP/UDP from its public port (50000–59999) to a federated peer."""
+    return await guarded(node, lambda: _ms_probe(ctx, node, "udp", internal=False, client_role=ClientRole.REMOTE_USER,
+                                                 peer_role=ClientRole.FEDERATED_PARTNER))
+
+
+@probe("av-relay-udp-in")
+async def av_relay_udp_in(ctx: ProbeContext, node: str) -> Outcome:
+    """E13: a federated peer's RTP/UDP reaches the relay port and is delivered to the client."""
+    return await guarded(node, lambda: _ms_probe(ctx, node, "udp", internal=False, client_role=ClientRole.REMOTE_USER,
+                                                 peer_role=ClientRole.FEDERATED_PARTNER))
+
+
+@probe("av-turn-udp-out")
+async def av_turn_udp_out(ctx: ProbeContext, node: str) -> Outcome:
+    """E14/P5: from the relay to a remote Edge's (or Live Messenger client's) 3478: a STUN Binding through
+    the relay, answered with the relay's public address."""
+    peer_role = ClientRole.PIC_PARTNER if ctx.rule.id == "P5" else ClientRole.FEDERATED_PARTNER
+
+    async def check() -> str:
+        client, allocation, detail = await _ms_session(ctx, node, "udp", internal=False,
+                                                       client_role=ClientRole.REMOTE_USER)
+        try:
+            target = Address(_peer_host(ctx, peer_role), ctx.lab.port_map(TURN_UDP_PORT))
+            rng = _rng(ctx, node)
+            for _ in range(3):
+                binding = stun.request(StunMethod.BINDING, stun.new_transaction_id(rng))
+                client.send(target, binding.serialize(fingerprint=True))
+                try:
+                    _, data = await client.receive(ctx.timeout / 2)
+                except ProbeFailure:
+                    continue
+                try:
+                    answer = stun.parse(data)
+                except MalformedMessage:
+                    raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{target} answered a non-STUN datagram") from None
+                mapped = answer.get(stun.XOR_MAPPED_ADDRESS)
+                if answer.transaction_id != binding.transaction_id or mapped != allocation.relay:
+                    raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{target} saw {mapped}, not the relay")
+                return (f"{detail}; STUN to {target.host}:{target.port} answered: relay seen as "
+                        f"{mapped.host}:{mapped.port}")
+            raise ProbeFailure(Reason.NO_RETURN_PATH, f"no STUN answer from {target} through the relay")
+        finally:
+            await client.close()
+
+    return await guarded(node, check)
+
+
+async def _tcp_relay(ctx: ProbeContext, node: str) -> tuple[RfcTcpRelayClient, Address]:
+    username, password = await _credentials(ctx, node, internal=False)
+    server = Address(ctx.lab.external_bind(node, "av"), ctx.lab.port_map(TURN_TCP_PORT))
+    client = RfcTcpRelayClient(server, username, password, _rng(ctx, node),
+                               local_host=_client_host(ctx, ClientRole.REMOTE_USER))
+    await client.open(ctx.timeout)
+    try:
+        relay = await client.allocate(ctx.timeout)
+        public, ranges = ctx.lab.external_bind(node, "av"), ctx.lab.scenario.edge_pool.relay_ports
+        if relay.host != public or not ranges.first <= relay.port <= ranges.last:
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"TCP relay {relay} is not {public}:{ranges.first}-{ranges.last}")
+    except BaseException:
+        await client.close()
+        raise
+    return client, relay
+
+
+async def _roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes,
+                     timeout: float) -> bytes:
+    writer.write(payload)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(4096), timeout)
+    except TimeoutError:
+        raise ProbeFailure(Reason.NO_RETURN_PATH, "no bytes came back over the TCP relay") from None
+
+
+async def _tcp_out(ctx: ProbeContext, node: str, peer_role: ClientRole, peer_port: int) -> str:
+    client, relay = await _tcp_relay(ctx, node)
+    try:
+        target = Address(_peer_host(ctx, peer_role), peer_port)
+        await client.permit(target, ctx.timeout)
+        connection_id = await client.connect(target, ctx.timeout)
+        reader, writer = await client.bind(connection_id, ctx.timeout)
+        payload = f"edgesim-{ctx.rule.id}".encode()
+        parsed = parse_seen(await _roundtrip(reader, writer, payload, ctx.timeout))
+        if parsed is None or parsed[1] != payload:
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, "the TCP peer's echo did not match")
+        ranges = ctx.lab.scenario.edge_pool.relay_ports
+        if parsed[0].host != relay.host or not ranges.first <= parsed[0].port <= ranges.last:
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"the peer saw {parsed[0]}, not the relay {relay.host} "
+                                                      f"on a port in {ranges.first}-{ranges.last}")
+        return f"TCP relay {relay.host}:{relay.port} → {target.host}:{target.port} (seen from port {parsed[0].port})"
+    finally:
+        await client.close()
+
+
+@probe("av-relay-tcp-out")
+async def av_relay_tcp_out(ctx: ProbeContext, node: str) -> Outcome:
+    """E10/P4: the relay opens RTP/TCP to a peer (RFC 6062 Connect) and bytes cross both ways."""
+    role = ClientRole.PIC_PARTNER if ctx.rule.id == "P4" else ClientRole.FEDERATED_PARTNER
+    return await guarded(node, lambda: _tcp_out(ctx, node, role, PEER_TCP_MEDIA_PORT))
+
+
+@probe("av-turn-tcp-out")
+async def av_turn_tcp_out(ctx: ProbeContext, node: str) -> Outcome:
+    """E17: the relay opens TCP to a remote Edge's 443."""
+    return await guarded(node, lambda: _tcp_out(ctx, node, ClientRole.FEDERATED_PARTNER,
+                                                ctx.lab.port_map(TURN_TCP_PORT)))
+
+
+@probe("av-relay-tcp-in")
+async def av_relay_tcp_in(ctx: ProbeContext, node: str) -> Outcome:
+    """E12: a peer opens RTP/TCP to the relay port (RFC 6062 ConnectionAttempt); bytes cross both ways."""
+
+    async def check() -> str:
+        client, relay = await _tcp_relay(ctx, node)
+        peer_host = _peer_host(ctx, ClientRole.FEDERATED_PARTNER)
+        writer: asyncio.StreamWriter | None = None
+        try:
+            await client.permit(Address(peer_host, 9), ctx.timeout)  # RFC 8656 §9: the port is ignored
+            try:
+                peer_reader, peer_writer = await asyncio.wait_for(
+                    asyncio.open_connection(relay.host, relay.port, local_addr=(peer_host, 0)), ctx.timeout)
+                writer = peer_writer
+            except (OSError, TimeoutError) as error:
+                raise ProbeFailure(Reason.REFUSED if isinstance(error, ConnectionRefusedError) else Reason.TIMEOUT,
+                                   f"peer → relay {relay}: {error}") from None
+            connection_id, seen_peer = await client.attempt(ctx.timeout)
+            reader, data_writer = await client.bind(connection_id, ctx.timeout)
+            peer_writer.write(b"from-peer")
+            await peer_writer.drain()
+            got = await asyncio.wait_for(reader.read(4096), ctx.timeout)
+            data_writer.write(b"from-client")
+            await data_writer.drain()
+            back = await asyncio.wait_for(peer_reader.read(4096), ctx.timeout)
+            if got != b"from-peer" or back != b"from-client":
+                raise ProbeFailure(Reason.PROTOCOL_ERROR, f"TCP relay carried {got!r}/{back!r}")
+            return f"peer {seen_peer} → TCP relay {relay.host}:{relay.port}: bytes both ways"
+        except TimeoutError:
+            raise ProbeFailure(Reason.NO_RETURN_PATH, "no bytes crossed the TCP relay") from None
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+            await client.close()
+
+    return await guarded(node, check)
