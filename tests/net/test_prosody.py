@@ -58,7 +58,7 @@ VirtualHost "{PARTNER}"
 async def _log_with(log: Path, needle: str) -> str:
     """Prosody's log once it holds ``needle`` (it writes asynchronously); fails after 5 s."""
     for _ in range(100):
-        text = log.read_text()
+        text = await asyncio.to_thread(log.read_text)
         if needle in text:
             return text
         await asyncio.sleep(0.05)
