@@ -60,6 +60,7 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     from simulator.lab.topology import Lab
     from simulator.report.model import build_report
     from simulator.report.render import render_table, write_json
+    from simulator.scenario.load import check_load, run_load
     from simulator.scenario.runner import RuleResult, run_rules
 
     scenario = load_scenario(args.file)
@@ -81,7 +82,17 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
                 progress.update(task, advance=1, description=f"{result.rule.id}: {result.verdict}")
 
             results = await run_rules(lab, rule_ids, args.timeout, advance)
-        report = build_report(scenario, lab.plan, lab.port_map, results, started, dt.datetime.now(dt.UTC))
+            load: dict[str, object] | None = None
+            problems: tuple[str, ...] = ()
+            if scenario.load and not args.no_load:
+                phase = progress.add_task("load phases", total=None)
+                outcome = await run_load(lab, args.timeout)
+                progress.update(phase, completed=1, total=1)
+                stopped = {e["stop_node"] for e in outcome.events if e["service"] in ("all", "access")}
+                load = outcome.to_dict([n.name for n in scenario.edge_pool.nodes], stopped)
+                problems = tuple(check_load(outcome, scenario))
+        report = build_report(scenario, lab.plan, lab.port_map, results, started, dt.datetime.now(dt.UTC), load,
+                              problems)
     render_table(report, console)
     path = write_json(report, args.report_dir)
     console.print(f"report: {path}")
@@ -106,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rules", nargs="+", metavar="ID", help="only these rule ids")
     run.add_argument("--timeout", type=float, help="seconds per probe step (default: the scenario's)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-load", action="store_true", help="probe the rules only; skip load phases and events")
     run.set_defaults(handler=_cmd_run)
 
     rules = commands.add_parser("rules", help="list the 38 documented rules")

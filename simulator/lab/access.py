@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import random
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from simulator.lab.addressing import HostKind
+from simulator.lab.clients import open_tcp
 from simulator.lab.names import DNS_PORT
 from simulator.lab.services import lab_service, node_service
 from simulator.net.access_edge import (
@@ -40,7 +42,7 @@ from simulator.net.access_edge import (
 from simulator.net.edge import Service
 from simulator.net.frontend import FrontEndConfig, FrontEndServer
 from simulator.net.resolver import StubResolver
-from simulator.net.sip_client import RemoteUser, SipClient
+from simulator.net.sip_client import RemoteUser, SipClient, TlsOpener
 from simulator.net.sip_partner import PartnerEdgeServer
 from simulator.net.tls import client_context, server_context
 from simulator.scenario.schema import ClientRole, Scenario
@@ -166,6 +168,18 @@ def sip_lab_services(lab: Lab) -> dict[str, Service]:
 # ------------------------------------------------------------------------------------ client helpers
 
 
+def tls_opener(lab: Lab, source: str, timeout: float) -> TlsOpener:
+    """Opens TLS to an Access Edge address on 443 from the client at ``source``, through its NAT if any."""
+    assert lab.files is not None
+    context = client_context(lab.files.ca)
+
+    async def open_to(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await open_tcp(lab, source, address, lab.port_map(SIP_TLS_PORT), context=context,
+                              server_name=lab.scenario.edge_pool.access_fqdn, timeout=timeout)
+
+    return open_to
+
+
 @asynccontextmanager
 async def remote_user_session(lab: Lab, node: str, *, index: int = 0, timeout: float = 5.0,
                               sign_in: bool = True, seed: int | None = None) -> AsyncIterator[RemoteUser]:
@@ -175,7 +189,7 @@ async def remote_user_session(lab: Lab, node: str, *, index: int = 0, timeout: f
     rng = random.Random(seed if seed is not None else f"{lab.scenario.seed}:user:{account.user}:{node}")
     client = await SipClient.connect([access_edge_address(lab, node)], lab.port_map(SIP_TLS_PORT),
                                      client_context(lab.files.ca), lab.scenario.edge_pool.access_fqdn, timeout,
-                                     rng, source=account.host)
+                                     rng, source=account.host, opener=tls_opener(lab, account.host, timeout))
     async with client:
         user = RemoteUser(client, account.user, account.domain, account.password)
         if sign_in:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from simulator.core.credentials import CredentialStore
 from simulator.core.dns_zone import Zone
-from simulator.lab import access, av, mgmt, webconf, xmpp  # noqa: F401  (registers their services)
+from simulator.lab import access, av, clients, mgmt, webconf, xmpp  # noqa: F401  (registers their services)
 from simulator.lab.addressing import AddressPlan, HostKind, PortMap
 from simulator.lab.names import CRL_PATH, CRL_PORT, DNS_PORT, zone_records
 from simulator.lab.pki import LabPki, PkiFiles, build_pki

@@ -240,6 +240,10 @@ class NatBox:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def running(self) -> bool:
+        return self._loop is not None
+
     async def start(self) -> None:
         """Bind the box to the running loop. Sockets are opened per binding, on demand."""
         if self._loop is not None:

@@ -25,11 +25,11 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from simulator.core.dns_policy import ResolverPolicy
-from simulator.net.sip_connection import SipConnection, diagnostic_reason, open_sip_tls
+from simulator.net.sip_connection import SipConnection, diagnostic_reason, open_sip_tls, sip_connection_over
 from simulator.net.tls import classify_tls_error
 from simulator.report.verdict import ProbeFailure, Reason
 from simulator.wire import digest, mras
@@ -48,6 +48,9 @@ from simulator.wire.sip import (
 USER_AGENT = "edgesim-client (Lync 2013 emulation)"
 REGISTER_CONTACT_METHODS = "INVITE, MESSAGE, INFO, SUBSCRIBE, OPTIONS, BYE, CANCEL, NOTIFY, ACK, REFER, BENOTIFY"
 _MRAS_URI = re.compile(r"<mrasUri>([^<]+)</mrasUri>")
+
+TlsOpener = Callable[[str], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+"""Opens a TLS connection to one address (port, context and name bound by the caller)."""
 
 
 @dataclass
@@ -71,14 +74,22 @@ class SipClient:
     @classmethod
     async def connect(cls, addresses: Sequence[str], port: int, context: ssl.SSLContext, server_name: str,
                       timeout: float, rng: random.Random, *, source: str | None = None,
-                      policy: ResolverPolicy | None = None) -> SipClient:
-        """Connect to the first address that completes TLS, in ``policy`` order (all, in order, without)."""
+                      policy: ResolverPolicy | None = None, opener: TlsOpener | None = None) -> SipClient:
+        """Connect to the first address that completes TLS, in ``policy`` order (all, in order, without).
+
+        ``opener(address)`` opens the TLS stream pair itself (a lab client behind a NAT box); by default a
+        plain connection from ``source``.
+        """
         now = time.monotonic()
         order = policy.candidates(addresses, now) if policy is not None else list(dict.fromkeys(addresses))
         attempts: list[ConnectAttempt] = []
         for address in order:
             try:
-                connection = await open_sip_tls(address, port, context, server_name, timeout, source=source)
+                if opener is None:
+                    connection = await open_sip_tls(address, port, context, server_name, timeout, source=source)
+                else:
+                    reader, writer = await opener(address)
+                    connection = sip_connection_over(reader, writer, address, port)
             except (OSError, ssl.SSLError, TimeoutError) as error:
                 attempts.append(ConnectAttempt(address, classify_tls_error(error), f"{address}:{port}: {error}"))
                 if policy is not None:
@@ -104,6 +115,14 @@ class SipClient:
         await self.connection.close()
         for future in self._waiting.values():
             future.cancel()
+
+    async def wait_closed(self) -> None:
+        """Return when the connection has ended (the Edge closed it, or the node went away)."""
+        await asyncio.wait({self._reader})  # never raises the reader's outcome; a cancel of ours propagates
+
+    @property
+    def is_closed(self) -> bool:
+        return self._reader.done()
 
     async def __aenter__(self) -> SipClient:
         return self

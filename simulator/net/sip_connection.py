@@ -288,6 +288,12 @@ async def open_sip_tls(host: str, port: int, context: ssl.SSLContext, server_nam
         asyncio.open_connection(host, port, ssl=context, server_hostname=server_name,
                                 ssl_handshake_timeout=timeout, local_addr=(source, 0) if source else None),
         timeout)
+    return sip_connection_over(reader, writer, host, port, side)
+
+
+def sip_connection_over(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int,
+                        side: str = "") -> SipConnection:
+    """A SipConnection over an already open TLS stream pair (e.g. one made through a NAT box)."""
     peercert = writer.get_extra_info("peercert")
     local = writer.get_extra_info("sockname") or ("", 0)
     return SipConnection(AsyncioStream(reader, writer), peer=(host, port), local=(local[0], local[1]),

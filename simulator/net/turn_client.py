@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from simulator.net.natbox import NatBox, NatUdpEndpoint
 from simulator.net.tls import classify_tls_error
 from simulator.report.verdict import ProbeFailure, Reason
 from simulator.wire import msturn, stun, turn
@@ -26,6 +28,7 @@ from simulator.wire.framing import MsTurnFrameKind, MsTurnTcpFramer, Role, TurnT
 from simulator.wire.stun import Address, Attribute, Message, MessageClass, attr
 
 UDP_RTO = 0.5  # RFC 8489 §6.2.1: initial RTO
+StreamOpener = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,10 @@ class MsTurnClient:
     """One MS-TURN client flow to an A/V Edge listener (``transport`` udp → 3478, tcp → 443)."""
 
     def __init__(self, transport: Literal["udp", "tcp"], server: Address, username: str, password: str,
-                 rng: random.Random, *, version: int = 2, local_host: str | None = None) -> None:
+                 rng: random.Random, *, version: int = 2, local_host: str | None = None,
+                 nat: NatBox | None = None, tcp_opener: StreamOpener | None = None) -> None:
+        """``nat``: send UDP through this NAT box (the client sits behind it); ``tcp_opener``: how to open the
+        TCP connection (e.g. through the NAT box); by default a plain connection from ``local_host``."""
         self.transport = transport
         self.server = server
         self.username = username
@@ -76,6 +82,9 @@ class MsTurnClient:
         self.connection_id = b""
         self.sequence = 0
         self.local: Address | None = None
+        self._nat = nat
+        self._nat_endpoint: NatUdpEndpoint | None = None
+        self._tcp_opener = tcp_opener
         self._conn = _Connection()
         self._udp: asyncio.DatagramTransport | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -88,7 +97,11 @@ class MsTurnClient:
         where = f"{self.server.host}:{self.server.port}/{self.transport}"
         try:
             async with asyncio.timeout(timeout):
-                if self.transport == "udp":
+                if self.transport == "udp" and self._nat is not None:
+                    self._nat_endpoint = await self._nat.open_udp(
+                        (self.local_host or "127.0.0.2", 0), on_datagram=lambda data, _src: self._received(data))
+                    sockname = self._nat_endpoint.internal_address
+                elif self.transport == "udp":
                     client = self
 
                     class _Protocol(asyncio.DatagramProtocol):
@@ -107,7 +120,11 @@ class MsTurnClient:
                     sockname = transport.get_extra_info("sockname")
                 else:
                     local = (self.local_host, 0) if self.local_host else None
-                    reader, writer = await asyncio.open_connection(self.server.host, self.server.port, local_addr=local)
+                    if self._tcp_opener is not None:
+                        reader, writer = await self._tcp_opener()
+                    else:
+                        reader, writer = await asyncio.open_connection(self.server.host, self.server.port,
+                                                                       local_addr=local)
                     self._writer = writer
                     sockname = writer.get_extra_info("sockname")
                     self._hello = loop.create_future()
@@ -154,13 +171,26 @@ class MsTurnClient:
             if payload is not None:
                 self._conn.data.put_nowait((peer, payload))
 
+    @property
+    def public(self) -> Address | None:
+        """The address the server sees: the NAT's mapping towards the server, else the local address."""
+        if self._nat_endpoint is not None:
+            mapped = self._nat_endpoint.mapped_address(self.server)
+            return Address(mapped[0], mapped[1]) if mapped is not None else None
+        return self.local
+
     def _send_raw(self, data: bytes) -> None:
-        if self._udp is not None:
+        if self._nat_endpoint is not None:
+            self._nat_endpoint.sendto(data, self.server)
+        elif self._udp is not None:
             self._udp.sendto(data)
         elif self._writer is not None:
             self._writer.write(frame_control(data))
 
     async def close(self) -> None:
+        if self._nat_endpoint is not None:
+            self._nat_endpoint.close()
+            self._nat_endpoint = None
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -199,7 +229,7 @@ class MsTurnClient:
                 rto = UDP_RTO
                 while True:
                     self._send_raw(data)
-                    if self._udp is None:  # reliable: no retransmission (RFC 8489 §6.2.2)
+                    if self._udp is None and self._nat_endpoint is None:  # reliable: no retransmission (§6.2.2)
                         return await waiter
                     try:
                         return await asyncio.wait_for(asyncio.shield(waiter), rto)
@@ -256,7 +286,8 @@ class RfcTcpRelayClient:
     """RFC 8656 over TCP with a TCP relay (RFC 6062): Allocate, CreatePermission, Connect, ConnectionBind."""
 
     def __init__(self, server: Address, username: str, password: str, rng: random.Random,
-                 local_host: str | None = None) -> None:
+                 local_host: str | None = None, tcp_opener: StreamOpener | None = None) -> None:
+        self.tcp_opener = tcp_opener
         self.server = server
         self.username = username
         self.password = password
@@ -275,6 +306,8 @@ class RfcTcpRelayClient:
 
     async def _open(self, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
+            if self.tcp_opener is not None:
+                return await asyncio.wait_for(self.tcp_opener(), timeout)
             return await asyncio.wait_for(asyncio.open_connection(
                 self.server.host, self.server.port, local_addr=(self.local_host, 0) if self.local_host else None),
                 timeout)

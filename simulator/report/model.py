@@ -64,10 +64,12 @@ class Report:
     rules: tuple[RuleReport, ...]
     started: dt.datetime
     finished: dt.datetime
+    load: dict[str, Any] | None = None  # LoadReport.to_dict(), when the scenario has load phases
+    load_problems: tuple[str, ...] = ()  # what contradicts the scenario's expect_load
 
     @property
     def all_match(self) -> bool:
-        return all(rule.matches for rule in self.rules)
+        return all(rule.matches for rule in self.rules) and not self.load_problems
 
     def counts(self) -> dict[str, int]:
         counts = {str(verdict): 0 for verdict in Verdict}
@@ -85,6 +87,8 @@ class Report:
             "machine": {"python": platform.python_version(), "platform": platform.platform()},
             "summary": {**self.counts(), "all_match_expectations": self.all_match},
             "rules": [rule.to_dict(self.port_map) for rule in self.rules],
+            "load": self.load,
+            "load_problems": list(self.load_problems),
             "hosts": [{"name": h.name, "kind": str(h.kind), "address": h.address, "owner": h.owner}
                       for h in self.plan.hosts],
             "port_map": {"offset": self.port_map.offset, "privileged_allowed": self.port_map.privileged_allowed},
@@ -92,11 +96,12 @@ class Report:
 
 
 def build_report(scenario: Scenario, plan: AddressPlan, port_map: PortMap, results: list[RuleResult],
-                 started: dt.datetime, finished: dt.datetime) -> Report:
+                 started: dt.datetime, finished: dt.datetime, load: dict[str, Any] | None = None,
+                 load_problems: tuple[str, ...] = ()) -> Report:
     rules = []
     catalog_order = {rule_id: index for index, rule_id in enumerate(RULES_BY_ID)}
     for result in sorted(results, key=lambda r: catalog_order[r.rule.id]):
         verdict, detail = scenario.expected(result.rule.id)
         expected = str(verdict) + (f":{detail}" if detail else "")
         rules.append(RuleReport(result, expected, _matches(result, verdict, detail)))
-    return Report(scenario, plan, port_map, tuple(rules), started, finished)
+    return Report(scenario, plan, port_map, tuple(rules), started, finished, load, load_problems)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -35,7 +36,31 @@ def render_table(report: Report, console: Console) -> None:
     summary = ", ".join(f"{count} {name}" for name, count in counts.items())
     verdict = "[green]all verdicts as expected[/]" if report.all_match else "[bold red]verdicts differ from the " \
         "scenario's expectations[/]"
+    if report.load is not None:
+        render_load(report.load, console)
+    for problem in report.load_problems:
+        console.print(f"[bold red]load: {problem}[/]")
     console.print(f"{len(report.rules)} rules: {summary} — {verdict}")
+
+
+def render_load(load: dict[str, Any], console: Console) -> None:
+    """Per population: sign-ins, spread over the nodes, re-homed and lost users; failover percentiles."""
+    table = Table(title="load phases", header_style="bold")
+    for column in ("population", "sessions", "signed in", "spread over nodes", "on stopped node", "re-homed", "lost"):
+        table.add_column(column)
+    for name, population in load["populations"].items():
+        signed = max(1, population["signed_in"])
+        spread = ", ".join(f"{node} {count} ({count / signed:.0%})" for node, count in population["spread"].items())
+        table.add_row(name, str(population["sessions"]), str(population["signed_in"]), spread,
+                      str(population["on_stopped_nodes"]), str(population["rehomed"]), str(population["lost"]))
+    console.print(table)
+    for event in load["events"]:
+        console.print(f"event at {event['applied_at']} s: stopped {event['service']} on {event['stop_node']}")
+    failover = load["failover"]
+    if failover.get("count"):
+        console.print(f"failover time over {failover['count']} re-homed users: p50 {failover['p50_ms']:.1f} ms, "
+                      f"p90 {failover['p90_ms']:.1f} ms, p99 {failover['p99_ms']:.1f} ms, "
+                      f"max {failover['max_ms']:.1f} ms")
 
 
 def write_json(report: Report, folder: str | Path) -> Path:

@@ -23,6 +23,7 @@ import random
 from simulator.lab.access import request_mras_credentials
 from simulator.lab.addressing import HostKind
 from simulator.lab.av import PEER_TCP_MEDIA_PORT, TURN_TCP_PORT, TURN_UDP_PORT
+from simulator.lab.clients import nat_for, open_tcp
 from simulator.net.media_peer import parse_seen
 from simulator.net.turn_client import Allocation, MsTurnClient, RfcTcpRelayClient
 from simulator.report.verdict import Outcome, ProbeFailure, Reason
@@ -74,9 +75,9 @@ def _check_allocation(ctx: ProbeContext, node: str, allocation: Allocation, serv
     if allocation.relay.host != public or not relays.first <= allocation.relay.port <= relays.last:
         raise ProbeFailure(Reason.PROTOCOL_ERROR, f"relay {allocation.relay} is not {public}:"
                                                   f"{relays.first}-{relays.last}")
-    if client is not None and allocation.reflexive is not None and allocation.reflexive != client:
-        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"reflexive {allocation.reflexive}, expected {client}")
-    return f"relay {allocation.relay.host}:{allocation.relay.port}"
+    if allocation.reflexive is None or allocation.reflexive != client:
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"reflexive address {allocation.reflexive}, expected {client}")
+    return f"relay {allocation.relay.host}:{allocation.relay.port}, client seen as {client.host}:{client.port}"
 
 
 async def _ms_session(ctx: ProbeContext, node: str, transport: str, *, internal: bool,
@@ -84,13 +85,16 @@ async def _ms_session(ctx: ProbeContext, node: str, transport: str, *, internal:
     username, password = await _credentials(ctx, node, internal)
     host = ctx.lab.plan.one(node, HostKind.EDGE_INTERNAL).address if internal else ctx.lab.external_bind(node, "av")
     port = ctx.lab.port_map(TURN_UDP_PORT if transport == "udp" else TURN_TCP_PORT)
-    # MS-VERSION 3 (RFC 5389 header, real attribute lengths) as Lync 2013 clients send (research §1.1).
+    source = _client_host(ctx, client_role)
+    # MS-VERSION 3 (RFC 5389 header, real attribute lengths) as Lync 2013 clients send (research §1.1). A
+    # client behind a scenario NAT sends through its NAT box: the Edge must see, and report, the NAT's mapping.
     client = MsTurnClient("udp" if transport == "udp" else "tcp", Address(host, port), username, password,
-                          _rng(ctx, node), version=MS_VERSION, local_host=_client_host(ctx, client_role))
+                          _rng(ctx, node), version=MS_VERSION, local_host=source, nat=nat_for(ctx.lab, source),
+                          tcp_opener=lambda: open_tcp(ctx.lab, source, host, port, timeout=ctx.timeout))
     await client.open(ctx.timeout)
     try:
         allocation = await client.allocate(ctx.timeout)
-        detail = _check_allocation(ctx, node, allocation, Address(host, port), client.local)
+        detail = _check_allocation(ctx, node, allocation, Address(host, port), client.public)
     except BaseException:
         await client.close()
         raise
@@ -208,8 +212,10 @@ async def av_turn_udp_out(ctx: ProbeContext, node: str) -> Outcome:
 async def _tcp_relay(ctx: ProbeContext, node: str) -> tuple[RfcTcpRelayClient, Address]:
     username, password = await _credentials(ctx, node, internal=False)
     server = Address(ctx.lab.external_bind(node, "av"), ctx.lab.port_map(TURN_TCP_PORT))
-    client = RfcTcpRelayClient(server, username, password, _rng(ctx, node),
-                               local_host=_client_host(ctx, ClientRole.REMOTE_USER))
+    source = _client_host(ctx, ClientRole.REMOTE_USER)
+    client = RfcTcpRelayClient(
+        server, username, password, _rng(ctx, node), local_host=source,
+        tcp_opener=lambda: open_tcp(ctx.lab, source, server.host, server.port, timeout=ctx.timeout))
     await client.open(ctx.timeout)
     try:
         relay = await client.allocate(ctx.timeout)

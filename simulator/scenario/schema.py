@@ -223,6 +223,15 @@ class StopNode(_Model):
     service: Literal["all", "access", "webconf", "av", "internal"] = "all"
 
 
+class LoadExpectation(_Model):
+    """What the load phases must show for ``edgesim run`` to exit 0 (all optional)."""
+
+    spread_tolerance: float | None = Field(None, gt=0, lt=1, description="each node's share of signed-in users "
+                                           "within 1/N ± this (DNS load balancing)")
+    failover: Literal["complete"] | None = Field(None, description="complete: every lync user on a stopped node "
+                                                 "re-homed to another node, every legacy one reported lost")
+
+
 class LabSpec(_Model):
     """How the embedded lab lays out addresses and ports (simulator.lab.addressing)."""
 
@@ -262,6 +271,7 @@ class Scenario(_Model):
     expect: dict[str, str] = Field(default_factory=dict, description="rule id or 'default' → verdict[:reason]")
     load: list[LoadPhase] = []
     events: list[StopNode] = []
+    expect_load: LoadExpectation = LoadExpectation()
 
 
     @field_validator("rules")

@@ -92,7 +92,7 @@ def test_duplicate_key_and_yaml_syntax() -> None:
 def test_duplicate_names_and_dangling_references() -> None:
     problems = _problems(BASE.replace("name: director", "name: frontend"))
     assert any("duplicate client names: frontend" in p for p in problems)
-    problems = _problems(BASE + "load:\n  - {name: storm, clients: nobody, rate: 10, duration: 5}\n")
+    problems = _problems(BASE.replace("{name: sign-in, clients: remote-users", "{name: sign-in, clients: nobody"))
     assert any("no client named 'nobody'" in p for p in problems)
     problems = _problems(BASE + "events:\n  - {at: 3, stop_node: edge9}\n")
     assert any("no pool node named 'edge9'" in p for p in problems)

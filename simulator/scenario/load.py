@@ -1,0 +1,279 @@
+"""Load phases and node failures: DNS load balancing, client failover policies and their measurements.
+
+After the rule probes, ``run_load`` replays the scenario's ``load`` phases — remote users signing in
+through the Access Edge the way Lync clients do — and its ``events`` (a pool node stopped mid-run):
+
+* each user resolves the pool's access name through the lab DNS server (one A record per node) and picks
+  an address with its population's resolver policy (research-lync-edge §2.2): ``lync`` shuffles all
+  records, fails over to the next on error and penalises a failed address for 10 minutes; ``legacy`` (OCS
+  2007/R2 federation, PIC) takes one address and keeps it, with no failover;
+* it connects through its population's NAT box when it has one, signs in (REGISTER, 401, REGISTER, 200)
+  and keeps its TLS connection open;
+* when the node it is on goes away its connection ends; a ``lync`` user reports the address as failed
+  and signs in again through its policy (re-homing to another node), a ``legacy`` user retries its one
+  address a few times and is reported lost;
+* the report gives the spread of users over the nodes, who re-homed where and how long it took (HDR
+  percentiles of the time from losing the connection to the next 200 OK), and who was lost.
+
+Every loop is bounded: users by ``max_sessions``, time by the phase ``duration``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from simulator.core.dns_policy import make_resolver_policy
+from simulator.lab.access import SIP_TLS_PORT, Account, tls_opener, user_accounts
+from simulator.lab.names import DNS_PORT
+from simulator.lab.topology import Lab
+from simulator.net.resolver import ResolverError, StubResolver
+from simulator.net.sip_client import RemoteUser, SipClient
+from simulator.net.tls import client_context
+from simulator.report.verdict import ProbeFailure
+from simulator.scenario.schema import DnsPolicy, LoadPhase, Scenario, StopNode
+
+LEGACY_RETRIES = 3
+LEGACY_RETRY_GAP = 0.2
+
+# Which node services a ``stop_node`` event stops, by the service group the scenario names.
+SERVICE_GROUPS: dict[str, tuple[str, ...]] = {
+    "access": ("access-edge", "sip-", "mras", "xmpp-"),
+    "webconf": ("psom-",),
+    "av": ("av-",),
+    "internal": ("cms", "cls-", "psom-internal", "xmpp-gateway", "mras", "sip-5061-internal"),
+}
+
+
+@dataclass
+class SessionRecord:
+    user: str
+    population: str
+    policy: DnsPolicy
+    home: str | None = None
+    error: str | None = None
+    lost_connection_at: float | None = None
+    rehomed_to: str | None = None
+    failover_ms: float | None = None
+    lost: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"user": self.user, "population": self.population, "policy": str(self.policy), "home": self.home,
+                "error": self.error, "rehomed_to": self.rehomed_to,
+                "failover_ms": None if self.failover_ms is None else round(self.failover_ms, 3), "lost": self.lost}
+
+
+@dataclass
+class LoadReport:
+    sessions: list[SessionRecord] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def spread(self, population: str | None = None) -> dict[str, int]:
+        return dict(Counter(s.home for s in self.sessions if s.home and population in (None, s.population)))
+
+    def failover_stats(self) -> dict[str, float | int]:
+        histogram = HdrHistogram(1, 60_000_000, 3)  # µs, 1 µs .. 60 s, 3 significant digits
+        for session in self.sessions:
+            if session.failover_ms is not None:
+                histogram.record_value(max(1, int(session.failover_ms * 1000)))
+        count = histogram.get_total_count()
+        if not count:
+            return {"count": 0}
+        return {"count": count, **{f"p{p}_ms": histogram.get_value_at_percentile(p) / 1000 for p in (50, 90, 99)},
+                "max_ms": histogram.get_max_value() / 1000}
+
+    def to_dict(self, nodes: list[str], stopped: set[str]) -> dict[str, Any]:
+        populations = sorted({s.population for s in self.sessions})
+        return {
+            "duration_s": round(self.duration_s, 3),
+            "events": self.events,
+            "populations": {
+                population: {
+                    "sessions": sum(s.population == population for s in self.sessions),
+                    "signed_in": sum(s.population == population and s.home is not None for s in self.sessions),
+                    "spread": {node: self.spread(population).get(node, 0) for node in nodes},
+                    "on_stopped_nodes": sum(s.population == population and s.home in stopped for s in self.sessions),
+                    "rehomed": sum(s.population == population and s.rehomed_to is not None for s in self.sessions),
+                    "lost": sum(s.population == population and s.lost for s in self.sessions),
+                }
+                for population in populations
+            },
+            "spread": {node: self.spread().get(node, 0) for node in nodes},
+            "failover": self.failover_stats(),
+            "sessions": [s.to_dict() for s in self.sessions],
+        }
+
+
+class _Session:
+    """One remote user's life in a load phase."""
+
+    def __init__(self, lab: Lab, account: Account, record: SessionRecord, address_node: dict[str, str],
+                 timeout: float, deadline: float) -> None:
+        self.lab = lab
+        self.account = account
+        self.record = record
+        self.address_node = address_node
+        self.timeout = timeout
+        self.deadline = deadline
+        seed = f"{lab.scenario.seed}:load:{account.user}"
+        self.rng = random.Random(seed)
+        self.policy = make_resolver_policy(str(record.policy), random.Random(seed + ":policy"))
+        assert lab.files is not None
+        self.context = client_context(lab.files.ca)
+        self.resolver = StubResolver(lab.plan.host("dns").address, lab.port_map(DNS_PORT), timeout=timeout,
+                                     source=account.host)
+        self.cached: list[str] = []
+
+    async def _sign_in(self, addresses: list[str], use_policy: bool) -> SipClient:
+        pool = self.lab.scenario.edge_pool
+        client = await SipClient.connect(addresses, self.lab.port_map(SIP_TLS_PORT), self.context, pool.access_fqdn,
+                                         self.timeout, self.rng, source=self.account.host,
+                                         policy=self.policy if use_policy else None,
+                                         opener=tls_opener(self.lab, self.account.host, self.timeout))
+        try:
+            user = RemoteUser(client, self.account.user, self.account.domain, self.account.password)
+            await user.sign_in(self.timeout)
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    def _node_of(self, client: SipClient) -> str:
+        return self.address_node.get(client.connection.peer[0], client.connection.peer[0])
+
+    async def run(self) -> None:
+        pool = self.lab.scenario.edge_pool
+        try:
+            records = await self.resolver.resolve_a(pool.access_fqdn)
+        except ResolverError as error:
+            self.record.error = f"DNS: {error}"
+            return
+        lync = self.record.policy is DnsPolicy.LYNC
+        # Legacy clients take one address and keep it (no failover); Lync clients keep all records.
+        self.cached = records if lync else self.policy.candidates(records, time.monotonic())[:1]
+        try:
+            client: SipClient | None = await self._sign_in(self.cached, use_policy=lync)
+        except ProbeFailure as failure:
+            self.record.error = str(failure)
+            return
+        assert client is not None
+        self.record.home = self._node_of(client)
+        try:
+            while client is not None:
+                await client.wait_closed()
+                await client.close()
+                if asyncio.get_running_loop().time() >= self.deadline:
+                    return
+                lost_at = time.perf_counter()
+                self.record.lost_connection_at = lost_at
+                self.policy.report_failure(client.connection.peer[0], time.monotonic())
+                client = await self._recover(lync)
+                if client is None:
+                    self.record.lost = True
+                    return
+                self.record.rehomed_to = self._node_of(client)
+                self.record.failover_ms = (time.perf_counter() - lost_at) * 1000
+        finally:
+            if client is not None:
+                await client.close()
+
+    async def _recover(self, lync: bool) -> SipClient | None:
+        attempts = 1 if lync else LEGACY_RETRIES
+        for attempt in range(attempts):
+            try:
+                return await self._sign_in(self.cached, use_policy=lync)
+            except ProbeFailure:
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(LEGACY_RETRY_GAP)
+        return None
+
+
+def check_load(report: LoadReport, scenario: Scenario) -> list[str]:
+    """What in the load report contradicts the scenario's ``expect_load``; empty when all holds."""
+    expect = scenario.expect_load
+    nodes = [node.name for node in scenario.edge_pool.nodes]
+    stopped = {event["stop_node"] for event in report.events if event["service"] in ("all", "access")}
+    problems: list[str] = []
+    if expect.spread_tolerance is not None:
+        spread = report.spread()
+        total = sum(spread.values())
+        if total == 0:
+            problems.append("no user signed in")
+        for node in nodes:
+            share = spread.get(node, 0) / total if total else 0.0
+            if abs(share - 1 / len(nodes)) > expect.spread_tolerance:
+                problems.append(f"{node} took {share:.0%} of the users, outside {1 / len(nodes):.0%} "
+                                f"± {expect.spread_tolerance:.0%}")
+    if expect.failover == "complete":
+        for session in report.sessions:
+            if session.home not in stopped:
+                continue
+            if session.policy is DnsPolicy.LYNC and (session.rehomed_to is None or session.rehomed_to in stopped):
+                problems.append(f"{session.user} (lync) was not re-homed off {session.home}")
+            if session.policy is DnsPolicy.LEGACY and not session.lost:
+                problems.append(f"{session.user} (legacy) was not reported lost")
+        if not stopped:
+            problems.append("expect_load.failover is set but no event stopped a node's Access Edge")
+    return problems
+
+
+async def _apply(lab: Lab, event: StopNode) -> dict[str, Any]:
+    node = lab.nodes[event.stop_node]
+    if event.service == "all":
+        names = list(node.services)
+        await node.stop()
+    else:
+        prefixes = SERVICE_GROUPS[event.service]
+        names = [name for name in node.services if name.startswith(prefixes)]
+        for name in names:
+            await node.stop_service(name)
+    return {"at": event.at, "stop_node": event.stop_node, "service": event.service, "stopped": names}
+
+
+async def run_load(lab: Lab, timeout: float | None = None) -> LoadReport:
+    """Run the scenario's load phases (concurrently) and events; returns the measurements."""
+    scenario = lab.scenario
+    timeout = timeout if timeout is not None else scenario.lab.probe_timeout
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    report = LoadReport()
+    address_node = {lab.external_bind(node.name, "access"): node.name for node in scenario.edge_pool.nodes}
+    clients = {client.name: client for client in scenario.clients}
+    accounts_by_population: dict[str, list[Account]] = {}
+    for account in user_accounts(lab):
+        accounts_by_population.setdefault(lab.plan.host(account.user).owner, []).append(account)
+    end = start + max((phase.duration for phase in scenario.load), default=0.0)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def phase_runner(phase: LoadPhase) -> None:
+        population = clients[phase.clients]
+        accounts = accounts_by_population.get(phase.clients, [])[: phase.max_sessions]
+        for index, account in enumerate(accounts):
+            await asyncio.sleep(max(0.0, start + index / phase.rate - loop.time()))
+            if loop.time() >= end:
+                return
+            record = SessionRecord(account.user, phase.clients, population.effective_dns_policy)
+            report.sessions.append(record)
+            tasks.append(asyncio.create_task(_Session(lab, account, record, address_node, timeout, end).run()))
+
+    async def event_runner(event: StopNode) -> None:
+        await asyncio.sleep(max(0.0, start + event.at - loop.time()))
+        report.events.append({**await _apply(lab, event), "applied_at": round(loop.time() - start, 3)})
+
+    runners = [asyncio.create_task(phase_runner(phase)) for phase in scenario.load]
+    runners += [asyncio.create_task(event_runner(event)) for event in scenario.events]
+    try:
+        await asyncio.sleep(max(0.0, end - loop.time()))
+    finally:
+        for task in [*runners, *tasks]:
+            task.cancel()
+        await asyncio.gather(*runners, *tasks, return_exceptions=True)
+    report.duration_s = loop.time() - start
+    return report
