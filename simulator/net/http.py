@@ -7,51 +7,21 @@ import contextlib
 
 import h11
 
+from simulator.net.listener import TcpListener
+
 MAX_RESPONSE = 1024 * 1024
 
 
-class StaticHttpServer:
+class StaticHttpServer(TcpListener):
     """Serves a fixed set of documents (path → (content type, body)) on one address; 404 otherwise."""
 
     def __init__(self, host: str, port: int, documents: dict[str, tuple[str, bytes]]) -> None:
-        self.host = host
-        self.port = port
+        super().__init__("http", host, port)
         self.documents = documents
         self.requests = 0
         self.malformed = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connected, self.host, self.port, reuse_address=True)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if server is not None:
-            await server.wait_closed()
-
-    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            await self._serve(reader, writer)
-        except (OSError, TimeoutError):
-            pass
-        finally:
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         request: h11.Request | None = None
         try:

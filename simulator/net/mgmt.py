@@ -20,90 +20,21 @@ import contextlib
 import hashlib
 import json
 import ssl
-from collections import Counter
 
 import h11
 
-from simulator.net.tls import classify_tls_error, peer_dns_names
+from simulator.net.listener import Peer, TlsListener
+from simulator.net.tls import classify_tls_error
 from simulator.net.tlsstream import TlsStream
 from simulator.report.verdict import ProbeFailure, Reason
 from simulator.wire.cls import MAX_LINE, ClsQuery, ClsReply, parse_query, parse_reply
 from simulator.wire.errors import MalformedMessage
 
-HANDSHAKE_TIMEOUT = 5.0
 MAX_BODY = 64 * 1024
 
 
 
-class MtlsListener:
-    """A mutual-TLS TCP listener with per-reason rejection counters and owned connection tasks."""
-
-    def __init__(self, name: str, host: str, port: int, context: ssl.SSLContext,
-                 allowed_peers: frozenset[str] | None) -> None:
-        self.name = name
-        self.host = host
-        self.port = port
-        self._context = context
-        self._allowed = allowed_peers
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.accepted = 0
-        self.rejected: Counter[str] = Counter()
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connected, self.host, self.port, reuse_address=True)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if server is not None:
-            await server.wait_closed()
-
-    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        stream = TlsStream(reader, writer, self._context)
-        try:
-            await self._serve(stream)
-        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            self._tasks.discard(task)
-            await stream.close()
-
-    async def _serve(self, stream: TlsStream) -> None:
-        try:
-            await stream.handshake(HANDSHAKE_TIMEOUT)
-        except (OSError, ssl.SSLError, TimeoutError) as error:
-            self.rejected[str(classify_tls_error(error))] += 1
-            return
-        names = peer_dns_names(stream.getpeercert())
-        if self._allowed is not None and not names & self._allowed:
-            self.rejected[str(Reason.WRONG_SAN)] += 1
-            await self.refuse(stream, Reason.WRONG_SAN)
-            return
-        self.accepted += 1
-        await self.handle(stream, min(names) if names else "")
-
-    async def refuse(self, stream: TlsStream, reason: Reason) -> None:
-        """Tell an authenticated but unwelcome peer why it is refused (protocol-specific)."""
-
-    async def handle(self, stream: TlsStream, peer: str) -> None:
-        raise NotImplementedError
-
-
-class ClsAgentListener(MtlsListener):
+class ClsAgentListener(TlsListener):
     """CLS agent on one of 50001–50003: answers ``CLS/1 QUERY`` with the agent name and port."""
 
     def __init__(self, agent: str, host: str, port: int, context: ssl.SSLContext,
@@ -113,11 +44,11 @@ class ClsAgentListener(MtlsListener):
         self.documented_port = port
         self.malformed = 0
 
-    async def refuse(self, stream: TlsStream, reason: Reason) -> None:
+    async def refuse(self, stream: TlsStream, peer: Peer, reason: Reason) -> None:
         stream.write(ClsReply(403, (str(reason),)).serialize())
         await stream.drain()
 
-    async def handle(self, stream: TlsStream, peer: str) -> None:
+    async def handle(self, stream: TlsStream, peer: Peer) -> None:
         writer = stream
         while True:
             try:
@@ -139,7 +70,7 @@ class ClsAgentListener(MtlsListener):
             await writer.drain()
 
 
-class CmsReplicationListener(MtlsListener):
+class CmsReplicationListener(TlsListener):
     """CMS replica on 4443: accepts ``POST /replication/config`` and acknowledges what it stored."""
 
     PATH = b"/replication/config"
@@ -151,11 +82,11 @@ class CmsReplicationListener(MtlsListener):
         self.documents: list[bytes] = []
         self.malformed = 0
 
-    async def refuse(self, stream: TlsStream, reason: Reason) -> None:
+    async def refuse(self, stream: TlsStream, peer: Peer, reason: Reason) -> None:
         connection = h11.Connection(h11.SERVER)
         await _send_json(stream, connection, 403, {"error": str(reason)})
 
-    async def handle(self, stream: TlsStream, peer: str) -> None:
+    async def handle(self, stream: TlsStream, peer: Peer) -> None:
         reader = writer = stream
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         request: h11.Request | None = None

@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import ssl
 
-from simulator.net.mgmt import MtlsListener
+from simulator.net.listener import Peer, TlsListener
 from simulator.net.tls import classify_tls_error
 from simulator.net.tlsstream import TlsStream
 from simulator.report.verdict import ProbeFailure, Reason
@@ -50,7 +50,7 @@ async def _read_records(stream: TlsStream, framer: PsomFramer) -> list[PsomRecor
     return framer.feed(data)
 
 
-class PsomInternalListener(MtlsListener):
+class PsomInternalListener(TlsListener):
     """8057: accepts the Front End's persistent MTLS links (REGISTER → REGISTERED links=N)."""
 
     def __init__(self, node: str, host: str, port: int, context: ssl.SSLContext,
@@ -66,11 +66,11 @@ class PsomInternalListener(MtlsListener):
             return None
         return self.links[next(self._turn) % len(self.links)]
 
-    async def refuse(self, stream: TlsStream, reason: Reason) -> None:
+    async def refuse(self, stream: TlsStream, peer: Peer, reason: Reason) -> None:
         stream.write(PsomRecord(PsomType.ERROR, str(reason).encode()).serialize())
         await stream.drain()
 
-    async def handle(self, stream: TlsStream, peer: str) -> None:
+    async def handle(self, stream: TlsStream, peer: Peer) -> None:
         framer = PsomFramer()
         link: _FrontendLink | None = None
         try:
@@ -84,7 +84,7 @@ class PsomInternalListener(MtlsListener):
                     return
                 for record in records:
                     if record.type is PsomType.REGISTER and link is None:
-                        link = _FrontendLink(stream, record.text or peer)
+                        link = _FrontendLink(stream, record.text or peer.name)
                         self.links.append(link)
                         stream.write(PsomRecord(PsomType.REGISTERED,
                                                 f"{self.node} links={len(self.links)}".encode()).serialize())
@@ -103,7 +103,7 @@ class PsomInternalListener(MtlsListener):
                 self.links.remove(link)
 
 
-class PsomExternalListener(MtlsListener):
+class PsomExternalListener(TlsListener):
     """443 on the Web Conferencing Edge address: server-authenticated TLS; JOIN is bridged to a Front End."""
 
     def __init__(self, node: str, host: str, port: int, context: ssl.SSLContext,
@@ -114,7 +114,7 @@ class PsomExternalListener(MtlsListener):
         self.joins = 0
         self.malformed = 0
 
-    async def handle(self, stream: TlsStream, peer: str) -> None:
+    async def handle(self, stream: TlsStream, peer: Peer) -> None:
         framer = PsomFramer()
         while True:
             try:

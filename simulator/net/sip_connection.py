@@ -19,11 +19,10 @@ import asyncio
 import contextlib
 import itertools
 import ssl
-from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Protocol
 
-from simulator.net.tls import classify_tls_error, peer_dns_names
+from simulator.net.listener import READ_SIZE, AsyncioStream, ByteStream, Peer, TlsListener
+from simulator.net.tls import peer_dns_names
 from simulator.net.tlsstream import TlsStream
 from simulator.report.verdict import Reason
 from simulator.wire.errors import MalformedMessage
@@ -38,45 +37,8 @@ from simulator.wire.sip import (
     header_key,
 )
 
-READ_SIZE = 65536
-HANDSHAKE_TIMEOUT = 5.0
 _SALVAGED = ("via", "from", "to", "call-id", "cseq")
 _connection_ids = itertools.count(1)
-
-
-class ByteStream(Protocol):
-    """What a :class:`SipConnection` reads from and writes to (TLS already established)."""
-
-    async def read(self, limit: int = READ_SIZE) -> bytes: ...
-
-    def write(self, data: bytes) -> None: ...
-
-    async def drain(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-class AsyncioStream:
-    """:class:`ByteStream` over an asyncio reader/writer pair (the client side of TLS)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-
-    async def read(self, limit: int = READ_SIZE) -> bytes:
-        return await self._reader.read(limit)
-
-    def write(self, data: bytes) -> None:
-        if not self._writer.is_closing():
-            self._writer.write(data)
-
-    async def drain(self) -> None:
-        await self._writer.drain()
-
-    async def close(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await self._writer.wait_closed()
 
 
 def salvage_error_response(raw: bytes, status: int) -> bytes | None:
@@ -193,89 +155,40 @@ class SipConnection:
 ConnectionHandler = Callable[[SipConnection], Awaitable[None]]
 
 
-class SipTlsListener:
+class SipTlsListener(TlsListener):
     """A SIP/TLS (or SIP/MTLS) listener: handshake, peer check, then ``handler(connection)``."""
 
     def __init__(self, name: str, host: str, port: int, context: ssl.SSLContext, handler: ConnectionHandler,
                  *, allowed_peers: frozenset[str] | None = None, side: str = "",
                  refuse: Callable[[SipConnection, Reason], Awaitable[None]] | None = None) -> None:
-        self.name = name
-        self.host = host
-        self.port = port
+        super().__init__(name, host, port, context, allowed_peers)
         self.side = side
-        self._context = context
         self._handler = handler
-        self._allowed = allowed_peers
         self._refuse = refuse
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self.connections: set[SipConnection] = set()
-        self.accepted = 0
-        self.rejected: Counter[str] = Counter()
         self._malformed_closed = 0
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connected, self.host, self.port, reuse_address=True,
-                                                  backlog=1024)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if server is not None:
-            await server.wait_closed()
 
     @property
     def malformed(self) -> int:
         """Malformed messages received on this listener's connections, open and closed."""
         return sum(connection.malformed for connection in self.connections) + self._malformed_closed
 
-    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        stream = TlsStream(reader, writer, self._context)
-        peer = writer.get_extra_info("peername") or ("", 0)
-        local = writer.get_extra_info("sockname") or (self.host, self.port)
-        connection: SipConnection | None = None
+    def _connection(self, stream: TlsStream, peer: Peer) -> SipConnection:
+        return SipConnection(stream, peer=peer.address, local=peer.local, peer_names=peer.names, side=self.side)
+
+    async def refuse(self, stream: TlsStream, peer: Peer, reason: Reason) -> None:
+        if self._refuse is not None:
+            await self._refuse(self._connection(stream, peer), reason)
+
+    async def handle(self, stream: TlsStream, peer: Peer) -> None:
+        connection = self._connection(stream, peer)
+        self.connections.add(connection)
         try:
-            try:
-                await stream.handshake(HANDSHAKE_TIMEOUT)
-            except (OSError, ssl.SSLError, TimeoutError) as error:
-                self.rejected[str(classify_tls_error(error))] += 1
-                return
-            names = frozenset(peer_dns_names(stream.getpeercert()))
-            connection = SipConnection(stream, peer=(peer[0], peer[1]), local=(local[0], local[1]),
-                                       peer_names=names, side=self.side)
-            if self._allowed is not None and not names & self._allowed:
-                self.rejected[str(Reason.WRONG_SAN)] += 1
-                if self._refuse is not None:
-                    await self._refuse(connection, Reason.WRONG_SAN)
-                return
-            self.accepted += 1
-            self.connections.add(connection)
             await self._handler(connection)
-        except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
-            pass
-        except asyncio.CancelledError:
-            # stop() cancelled us; end normally, or asyncio's stream callback logs the cancellation
-            pass
         finally:
-            self._tasks.discard(task)
-            if connection is not None:
-                self.connections.discard(connection)
-                self._malformed_closed += connection.malformed
-                connection.closed = True
-            await stream.close()
+            self.connections.discard(connection)
+            self._malformed_closed += connection.malformed
+            connection.closed = True
 
 
 async def open_sip_tls(host: str, port: int, context: ssl.SSLContext, server_name: str, timeout: float, *,

@@ -21,11 +21,11 @@ import contextlib
 import itertools
 import ssl
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
-from simulator.net.mgmt import MtlsListener
+from simulator.net.listener import AsyncioStream, ByteStream, Peer, TcpListener, TlsListener
 from simulator.net.tls import classify_tls_error, peer_dns_names
 from simulator.net.tlsstream import TlsStream
 from simulator.report.verdict import ProbeFailure, Reason
@@ -37,38 +37,6 @@ RECEIPTS_NS = "urn:xmpp:receipts"
 PING_NS = "urn:xmpp:ping"
 
 
-class Stream(Protocol):
-    async def read(self, limit: int = 65536) -> bytes: ...
-
-    def write(self, data: bytes) -> None: ...
-
-    async def drain(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-class PlainStream:
-    """The Stream interface over an asyncio stream pair (before STARTTLS, or client-side TLS)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def read(self, limit: int = 65536) -> bytes:
-        return await self.reader.read(limit)
-
-    def write(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    async def drain(self) -> None:
-        await self.writer.drain()
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await self.writer.wait_closed()
-
-
 class XmppFailure(Exception):
     def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(detail)
@@ -78,12 +46,12 @@ class XmppFailure(Exception):
 class EventReader:
     """Pulls stream events from a Stream through one parser at a time (replaced on each restart)."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: ByteStream) -> None:
         self.stream = stream
         self.parser = xmpp.XmppStreamParser()
         self._events: list[xmpp.StreamEvent] = []
 
-    def restart(self, stream: Stream | None = None) -> None:
+    def restart(self, stream: ByteStream | None = None) -> None:
         self.stream = stream or self.stream
         self.parser = xmpp.XmppStreamParser()
         self._events.clear()
@@ -123,7 +91,7 @@ async def accept_s2s(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      local_domain: str, stream_ids: Callable[[], str],
                      allowed_domains: frozenset[str] | None = None) -> tuple[TlsStream, EventReader, str]:
     """The receiving side of an s2s stream up to authenticated stanzas; returns (stream, events, peer domain)."""
-    plain = PlainStream(reader, writer)
+    plain = AsyncioStream(reader, writer)
     events = EventReader(plain)
     header = await events.expect_header()
     if header.to.lower() != local_domain:
@@ -172,13 +140,13 @@ async def accept_s2s(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 async def connect_s2s(host: str, port: int, local_domain: str, remote_domain: str, context: ssl.SSLContext,
-                      timeout: float, local_addr: str | None = None) -> tuple[PlainStream, EventReader]:
+                      timeout: float, local_addr: str | None = None) -> tuple[AsyncioStream, EventReader]:
     """The initiating side: STARTTLS (the peer's certificate must name ``remote_domain``), SASL EXTERNAL."""
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port,
                                                            local_addr=(local_addr, 0) if local_addr else None)
-            stream = PlainStream(reader, writer)
+            stream = AsyncioStream(reader, writer)
             try:
                 events = EventReader(stream)
                 stream.write(xmpp.stream_header(local_domain, remote_domain))
@@ -248,7 +216,7 @@ def answered_id(stanza: ET.Element) -> str | None:
 class StanzaLink:
     """A stream carrying stanzas both ways, with request → answer matching by stanza id."""
 
-    def __init__(self, stream: Stream, events: EventReader, name: str,
+    def __init__(self, stream: ByteStream, events: EventReader, name: str,
                  on_request: Callable[[StanzaLink, ET.Element], Awaitable[None]]) -> None:
         self.stream = stream
         self.events = events
@@ -307,7 +275,7 @@ class OutboundRoute:
     local_addr: str | None
 
 
-class XmppGatewayListener(MtlsListener):
+class XmppGatewayListener(TlsListener):
     """23456 (I1/X3): the Front End's XMPP gateway links; stanzas for other domains go out through 5269."""
 
     def __init__(self, node: str, domain: str, host: str, port: int, context: ssl.SSLContext,
@@ -323,17 +291,17 @@ class XmppGatewayListener(MtlsListener):
     def pick_link(self) -> StanzaLink | None:
         return self.links[next(self._turn) % len(self.links)] if self.links else None
 
-    async def refuse(self, stream: TlsStream, reason: Reason) -> None:
+    async def refuse(self, stream: TlsStream, peer: Peer, reason: Reason) -> None:
         stream.write(xmpp.stream_error("not-authorized"))
         await stream.drain()
 
-    async def handle(self, stream: TlsStream, peer: str) -> None:
+    async def handle(self, stream: TlsStream, peer: Peer) -> None:
         events = EventReader(stream)
         try:
             header = await events.expect_header()
             stream.write(xmpp.stream_header(self.domain, header.from_, f"{self.node}-gw") + xmpp.features())
             await stream.drain()
-            link = StanzaLink(stream, events, peer, self._from_frontend)
+            link = StanzaLink(stream, events, peer.name, self._from_frontend)
             self.links.append(link)
             try:
                 await link.run()
@@ -348,9 +316,7 @@ class XmppGatewayListener(MtlsListener):
             await link.send(receipt_for(stanza, self.domain))
             return
         self.outbound += 1
-        task = asyncio.create_task(self._relay_out(link, stanza, to))
-        self._tasks.add(task)  # owned: cancelled with the listener
-        task.add_done_callback(self._tasks.discard)
+        self.spawn(self._relay_out(link, stanza, to))  # owned: cancelled with the listener
 
     async def _relay_out(self, link: StanzaLink, stanza: ET.Element, domain: str) -> None:
         """E2/X2: open 5269 to the partner, deliver, relay its receipt back to the Front End."""
@@ -384,7 +350,7 @@ async def _ignore(link: StanzaLink, stanza: ET.Element) -> None:
     return None
 
 
-class XmppServerListener:
+class XmppServerListener(TcpListener):
     """A 5269 listener that accepts s2s streams (the Edge's XMPP proxy, or a partner's server).
 
     ``deliver(stanza) -> reply bytes`` decides what answers a stanza that arrived on a stream.
@@ -393,59 +359,31 @@ class XmppServerListener:
     def __init__(self, name: str, domain: str, host: str, port: int, context: ssl.SSLContext,
                  deliver: Callable[[ET.Element], Awaitable[bytes | None]],
                  allowed_domains: frozenset[str] | None = None) -> None:
-        self.name = name
+        super().__init__(name, host, port)
         self.allowed_domains = allowed_domains
         self.domain = domain
-        self.host = host
-        self.port = port
         self._context = context
         self._deliver = deliver
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self.accepted = 0
-        self.rejected: dict[str, int] = {}
+        self.rejected: Counter[str] = Counter()
         self.received: list[str] = []  # stanza ids that arrived on authenticated streams
 
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connected, self.host, self.port, reuse_address=True)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if server is not None:
-            await server.wait_closed()
-
-    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        stream: Stream = PlainStream(reader, writer)
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stream: ByteStream = AsyncioStream(reader, writer)
         try:
             secure, events, peer = await asyncio.wait_for(
                 accept_s2s(reader, writer, self._context, self.domain, lambda: f"{self.name}-{next(self._ids)}",
                            self.allowed_domains), NEGOTIATION_TIMEOUT * 2)
             stream = secure
             self.accepted += 1
-            link = StanzaLink(secure, events, peer, self._on_stanza)
-            await link.run()
+            await StanzaLink(secure, events, peer, self._on_stanza).run()
         except XmppFailure as failure:
-            self.rejected[str(failure.reason)] = self.rejected.get(str(failure.reason), 0) + 1
+            self.rejected[str(failure.reason)] += 1
         except (OSError, ssl.SSLError, TimeoutError, MalformedMessage) as error:
-            reason = str(Reason.PROTOCOL_ERROR if isinstance(error, MalformedMessage) else classify_tls_error(error))
-            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+            self.rejected[str(Reason.PROTOCOL_ERROR if isinstance(error, MalformedMessage)
+                              else classify_tls_error(error))] += 1
         finally:
-            self._tasks.discard(task)
             await stream.close()
 
     async def _on_stanza(self, link: StanzaLink, stanza: ET.Element) -> None:
@@ -495,7 +433,7 @@ class FrontendXmppGateway:
         self.context = context
         self.links: dict[str, StanzaLink] = {}
         self.failures: dict[str, str] = {}
-        self._streams: list[PlainStream] = []
+        self._streams: list[AsyncioStream] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = False
 
@@ -538,12 +476,12 @@ class FrontendXmppGateway:
 
 
 async def open_gateway_link(host: str, port: int, context: ssl.SSLContext, server_name: str, name: str,
-                            domain: str, timeout: float) -> tuple[PlainStream, EventReader]:
+                            domain: str, timeout: float) -> tuple[AsyncioStream, EventReader]:
     """Open the Front End → Edge gateway link: mutual TLS, then an XMPP stream (I1/X3)."""
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=server_name)
-            stream = PlainStream(reader, writer)
+            stream = AsyncioStream(reader, writer)
             try:
                 events = EventReader(stream)
                 stream.write(xmpp.stream_header(name, domain, default_ns="jabber:component:accept"))
@@ -562,7 +500,7 @@ async def open_gateway_link(host: str, port: int, context: ssl.SSLContext, serve
         raise ProbeFailure(classify_tls_error(error), f"{host}:{port}: {error}") from None
 
 
-async def exchange(stream: PlainStream, events: EventReader, stanza: bytes, stanza_id: str,
+async def exchange(stream: AsyncioStream, events: EventReader, stanza: bytes, stanza_id: str,
                    timeout: float, where: str) -> ET.Element:
     """Send one stanza on an open stream and wait for the stanza that answers it."""
     link = StanzaLink(stream, events, where, _ignore)
