@@ -455,6 +455,11 @@ class TurnServer:
         if 0x40 <= first <= 0x7F:  # ChannelData (turn.CHANNEL_MIN..CHANNEL_MAX)
             # RFC 8656 §12.4: ChannelData fast path.
             alloc = self._allocations.get(client)
+            if alloc is not None and alloc.ms:
+                # MS-TURN has no ChannelData: after Set Active Destination this is the client's raw media,
+                # whatever its first byte (an ASCII payload starts at 0x41..0x7A).
+                self._ms_raw_from_client(client, data, now)
+                return
             if alloc is None or len(data) < 4:
                 self.metrics.dropped += 1
                 return
@@ -709,6 +714,9 @@ class TurnServer:
             self.metrics.malformed += 1
             dialect = (msturn.RFC5389 if data[4:8] == stun.MAGIC_COOKIE_BYTES else msturn.LEGACY) if is_ms else turn.RFC
             tid = stun.transaction_id_of(data, dialect)
+            ms_send = is_ms and struct.unpack_from("!H", data, 0)[0] == msturn.MsTurnMethod.SEND
+            if ms_send:
+                return  # MS-TURN: a Send never gets a response, not even an error
             if exc.status is not None and tid is not None and (data[0] & 0x01) == 0 and (data[1] & 0x10) == 0:
                 # RFC 8489 §6.3: a malformed *request* gets its error (400) when it has a transaction ID.
                 self._send_bare_error(dialect, data, tid, exc.status, client, sink, is_ms)
@@ -792,7 +800,11 @@ class TurnServer:
         try:
             if handler is None:
                 raise _Reply(400, "Bad Request")  # RFC 8489 §6.3.1: unknown method
-            self._authenticate(req, now)
+            if not (ms and msg.method == msturn.MsTurnMethod.SET_ACTIVE_DESTINATION):
+                # MS-TURN: Set Active Destination, like Send, is tied to its allocation by the
+                # MS-SEQUENCE-NUMBER connection ID and signed with the allocation's key, without a NONCE
+                # (libnice sends none); _ms_check_sequence verifies it.
+                self._authenticate(req, now)
             unknown = msg.unknown_required()
             if unknown:
                 raise _Reply(420, REASONS[420], attr(stun.UNKNOWN_ATTRIBUTES, unknown))
@@ -1268,15 +1280,22 @@ class TurnServer:
             return
         # MS-TURN 1.3: the relay accepts a peer only after the client has sent to it.
         self._permit(alloc, dest.host, now)
+        alloc.dialect = msg.dialect  # answer in the attribute form the client writes (padded or not)
         self.transmits.append((alloc.relay_sink, data, dest))
         self.metrics.relayed_to_peer += 1
         self.metrics.bytes_to_peer += len(data)
 
     def _ms_set_active_destination(self, req: _Request, now: float) -> None:
         """MS-TURN Set Active Destination: later raw data from the client goes to this peer."""
-        alloc = self._own_allocation(req)
+        alloc = self._allocations.get(req.conn)
+        if alloc is None or alloc.dead or not alloc.ms:
+            raise _Reply(437, REASONS[437])  # no allocation on this 5-tuple
         if not self._ms_check_sequence(alloc, req.msg):
             raise _Reply(400, "Bad Request")
+        alloc.dialect = req.msg.dialect
+        if req.msg.has(msturn.MESSAGE_INTEGRITY):  # signed with the allocation's key: so is the answer
+            req.auth = _Auth(alloc.username, alloc.key_bytes)
+            req.integrity = msturn.integrity_for(req.msg.get(msturn.MS_VERSION))
         dest = req.msg.get(msturn.DESTINATION_ADDRESS)
         if dest is None or (dest.port == 0 and dest.host in ("0.0.0.0", "::")):
             alloc.active_destination = None  # no or null destination: back to Send requests

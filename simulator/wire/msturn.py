@@ -32,6 +32,7 @@ Public API
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import struct
@@ -231,6 +232,18 @@ RFC5389 = Dialect(
 """MS-VERSION >= 3: RFC 5389 header; MS attribute codes unchanged."""
 
 
+LEGACY_UNALIGNED = dataclasses.replace(LEGACY, name="msturn-legacy-unaligned", lengths_include_padding=False,
+                                       pad_attributes=False)
+"""Legacy header, attributes neither padded nor rounded: exact lengths back to back. libnice's OC2007R2
+mode writes this (``STUN_AGENT_USAGE_NO_ALIGNED_ATTRIBUTES``); the server answers a client in the form it
+used, so a 29-byte DATA stays 29 bytes."""
+
+RFC5389_UNALIGNED = dataclasses.replace(RFC5389, name="msturn-unaligned", pad_attributes=False)
+"""MS-VERSION >= 3 header with unpadded attributes (the same tolerance for the RFC 5389 form)."""
+
+UNALIGNED: dict[Dialect, Dialect] = {LEGACY: LEGACY_UNALIGNED, RFC5389: RFC5389_UNALIGNED}
+
+
 def dialect_for(version: int | None) -> Dialect:
     """Header form for an MS-VERSION value (absent = 1)."""
     return RFC5389 if (version or 1) >= 3 else LEGACY
@@ -280,4 +293,12 @@ def parse(data: bytes) -> Message:
     if not looks_like_msturn(data):
         raise MalformedMessage("no MS-TURN MAGIC-COOKIE attribute first", None)
     dialect = RFC5389 if data[4:8] == stun.MAGIC_COOKIE_BYTES else LEGACY
-    return stun.parse(data, dialect)
+    try:
+        return stun.parse(data, dialect)
+    except MalformedMessage:
+        # Attributes without padding (libnice OC2007R2) misalign the padded walk: read them as written.
+        try:
+            return stun.parse(data, UNALIGNED[dialect])
+        except MalformedMessage:
+            pass
+        raise

@@ -517,6 +517,7 @@ class Dialect:
     fingerprint: bool = True
     type_table: Mapping[int, tuple[int, MessageClass]] = field(default_factory=dict)
     strip_text_nul: bool = False  # legacy: string values arrive NUL-padded
+    pad_attributes: bool = True  # False: no padding bytes at all, exact lengths (libnice's OC2007 form)
 
     @property
     def transaction_id_size(self) -> int:
@@ -669,6 +670,10 @@ def _encode_attributes(out: bytearray, attrs: Iterable[Attribute], dialect: Dial
         spec = registry_.get(a.code)
         value = spec.encode(a.value, xor_key) if spec is not None else bytes(a.value)
         n = len(value)
+        if not dialect.pad_attributes:  # exact length, value, next attribute right after it
+            out += _ATTR_HEADER.pack(a.code, n)
+            out += value
+            continue
         padded = _pad4(n)
         pad = a.padding if len(a.padding) == padded - n else bytes(padded - n)
         # MS-TURN legacy (libnice stun_message_append): the length field counts the padding.
@@ -713,7 +718,7 @@ def _parse(data: bytes, dialect: Dialect) -> Message:
     msg_type, length = _HEADER.unpack_from(data, 0)
     if msg_type & 0xC000:
         raise MalformedMessage("first two bits not zero", None)  # RFC 8489 §5: not STUN
-    if HEADER_SIZE + length != size or length & 3:
+    if HEADER_SIZE + length != size or (length & 3 and dialect.pad_attributes):
         raise MalformedMessage("length field does not match", 400)
     if dialect.cookie:
         if data[4:8] != MAGIC_COOKIE_BYTES:
@@ -736,7 +741,7 @@ def _parse(data: bytes, dialect: Dialect) -> Message:
         code, alen = _ATTR_HEADER.unpack_from(data, pos)
         start = pos + 4
         end = start + alen
-        padded_end = start + _pad4(alen)
+        padded_end = start + _pad4(alen) if dialect.pad_attributes else end
         if padded_end > size:
             raise MalformedMessage(f"attribute 0x{code:04x} overruns the message", 400)
         value = data[start:end]
@@ -759,14 +764,14 @@ def _parse(data: bytes, dialect: Dialect) -> Message:
 # --------------------------------------------------------------------------------------------
 
 
-def _walk(raw: bytes) -> Iterable[tuple[int, int, int]]:
+def _walk(raw: bytes, padded: bool = True) -> Iterable[tuple[int, int, int]]:
     """(code, offset of attribute header, value length) for each attribute of a well-formed message."""
     pos = HEADER_SIZE
     size = len(raw)
     while pos + 4 <= size:
         code, alen = _ATTR_HEADER.unpack_from(raw, pos)
         yield code, pos, alen
-        pos += 4 + _pad4(alen)
+        pos += 4 + (_pad4(alen) if padded else alen)
 
 
 def verify_integrity(message: Message, key: bytes, algorithm: IntegrityAlgorithm | None = None) -> bool:
@@ -781,7 +786,7 @@ def verify_integrity(message: Message, key: bytes, algorithm: IntegrityAlgorithm
     by_code: dict[int, list[IntegrityScheme]] = {}
     for scheme in message.dialect.integrity.values():
         by_code.setdefault(scheme.code, []).append(scheme)
-    for code, pos, alen in _walk(raw):
+    for code, pos, alen in _walk(raw, message.dialect.pad_attributes):
         candidates = by_code.get(code)
         if not candidates:
             continue
@@ -804,7 +809,7 @@ def verify_integrity(message: Message, key: bytes, algorithm: IntegrityAlgorithm
 def verify_fingerprint(message: Message) -> bool:
     """RFC 8489 §14.7: CRC-32 of the message up to FINGERPRINT, XOR 0x5354554E."""
     raw = message.raw
-    for code, pos, alen in _walk(raw):
+    for code, pos, alen in _walk(raw, message.dialect.pad_attributes):
         if code == AttrType.FINGERPRINT and alen == 4:
             signed = raw[:2] + _U16.pack(pos + 8 - HEADER_SIZE) + raw[4:pos]
             received: int = _U32.unpack_from(raw, pos + 4)[0]

@@ -4,6 +4,8 @@ Destination and raw forwarding, pseudo-TLS + 4-byte framing on TCP, and the two 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from simulator.wire import msturn, turn
@@ -188,3 +190,53 @@ def test_garbage_on_tcp_closes_the_connection() -> None:
     h.server.receive_stream(s.sink, b"\xc0\x00\x00\x00garbage", h.now)
     event = h.server.next_event()
     assert event is not None and event.sink is s.sink  # type: ignore[union-attr]
+
+
+def _libnice_style(c: MsClient, method: int, *attrs: msturn.stun.Attribute) -> bytes:
+    """A request the way libnice's OC2007R2 mode writes it: no NONCE, attributes unpadded, signed with
+    the allocation's key (captured from libnice 0.1.21, tests/interop/test_libnice.py)."""
+    c.sequence += 1
+    body = (attr(msturn.MS_VERSION, 2), attr(msturn.USERNAME, c.username),
+            attr(msturn.MS_SEQUENCE_NUMBER, msturn.SequenceNumber(c.connection_id, c.sequence)),
+            attr(msturn.REALM, c.realm or ""), *attrs)
+    message = msturn.build(method, MessageClass.REQUEST, c.tid(), *body, version=2)
+    unpadded = dataclasses.replace(message, dialect=msturn.LEGACY_UNALIGNED)
+    return unpadded.serialize(key=c.key, integrity=(msturn.integrity_for(2),))
+
+
+def test_libnice_style_set_active_destination_and_unpadded_send() -> None:
+    h = make_harness()
+    c = MsClient()
+    port = ms_allocate(h, c).get(msturn.MAPPED_ADDRESS).port  # type: ignore[union-attr]
+    relay = h.binder.bound[("udp", port)]
+    payload = b"edgesim-libnice-29-bytes-long"  # 29 bytes: its DATA attribute is not 4-aligned
+    assert len(payload) % 4 == 1
+    send = _libnice_style(c, MS.SEND, attr(msturn.DESTINATION_ADDRESS, PEER), attr(msturn.DATA, payload))
+    assert h.deliver(send) == [(relay, payload, PEER)]  # exactly 29 bytes, and no answer to a Send
+    [(_, data, _)] = h.from_peer(port, b"x" * 37)
+    assert b"\x00\x13\x00\x25" + b"x" * 37 in data  # DATA answered in the client's form: length 37, not 40
+    assert msturn.parse(data).get(msturn.DATA) == b"x" * 37
+    [answer] = h.to_client(_libnice_style(c, MS.SET_ACTIVE_DESTINATION, attr(msturn.DESTINATION_ADDRESS, PEER)))
+    resp = msturn.parse(answer)
+    assert (resp.method, resp.cls) == (MS.SET_ACTIVE_DESTINATION, MessageClass.SUCCESS)
+    assert msturn.stun.verify_integrity(resp, c.key)
+    ascii_media = b"edgesim-raw"  # first byte 0x65: in ChannelData's range, but MS-TURN has no ChannelData
+    assert h.deliver(ascii_media) == [(relay, ascii_media, PEER)]
+
+
+def test_set_active_destination_without_an_allocation_is_437_not_a_crash() -> None:
+    h = make_harness()
+    c = MsClient()
+    c.realm, c.nonce, c.connection_id = REALM, "n", bytes(20)
+    [answer] = h.to_client(_libnice_style(c, MS.SET_ACTIVE_DESTINATION, attr(msturn.DESTINATION_ADDRESS, PEER)))
+    assert error_code(msturn.parse(answer)) == 437
+
+
+def test_a_malformed_send_gets_no_answer() -> None:
+    h = make_harness()
+    c = MsClient()
+    ms_allocate(h, c)
+    send = c.request(MS.SEND, attr(msturn.DESTINATION_ADDRESS, PEER), attr(msturn.DATA, b"abcd"), seq=True)
+    broken = send[:-3]  # the last attribute now overruns the message
+    assert h.deliver(broken) == []
+    assert h.server.metrics.malformed >= 1
