@@ -56,7 +56,6 @@ for the channel, a ``now`` comparison, slicing, one append. No :class:`Message` 
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import hmac
 import ipaddress
@@ -816,7 +815,7 @@ class TurnServer:
 
     def _make_nonce(self, host: str, now: float) -> str:
         expiry = int(now + self.config.nonce_lifetime)
-        mac = hmac.new(self._secret, f"{expiry:x}/{host}".encode(), hashlib.sha1).hexdigest()[:16]
+        mac = hmac.digest(self._secret, f"{expiry:x}/{host}".encode(), "sha1").hex()[:16]
         return f"{expiry:x}-{mac}"
 
     def _nonce_valid(self, nonce: str, host: str, now: float) -> bool:
@@ -827,7 +826,7 @@ class TurnServer:
             expiry = int(stamp, 16)
         except ValueError:
             return False
-        good = hmac.new(self._secret, f"{stamp}/{host}".encode(), hashlib.sha1).hexdigest()[:16]
+        good = hmac.digest(self._secret, f"{stamp}/{host}".encode(), "sha1").hex()[:16]
         return hmac.compare_digest(good, mac) and expiry > now
 
     def _challenge(self, req: _Request, code: int, now: float) -> _Reply:

@@ -8,6 +8,7 @@ what                   address                     notes
 =====================  ==========================  ===================================================
 lab DNS server         P.0.53
 CRL/HTTP server        P.0.80                      (E3)
+pool NAT inside        P.0.254                     seen only when the 1:1 NAT is misconfigured to SNAT
 node *i* internal      P.i.1                       i = 1 … N, the node's position in the pool
 node *i* access/webconf/av, external private   P.i.11 / .12 / .13
 node *i* access/webconf/av, public (1:1 NAT)   P.(100+i).11 / .12 / .13
@@ -42,6 +43,7 @@ class HostKind(StrEnum):
     EDGE_WEBCONF_PUBLIC = "edge-webconf-public"
     EDGE_AV_PUBLIC = "edge-av-public"
     CLIENT_NAT = "client-nat"
+    POOL_NAT = "pool-nat"  # the inside address of the Edge pool's 1:1 NAT (seen only when it SNATs)
     CLIENT = "client"
 
 
@@ -85,7 +87,8 @@ class AddressPlan:
         def at(third: int, fourth: int) -> str:
             return str(IPv4Address(base + third * 256 + fourth))
 
-        hosts = [Host("dns", HostKind.DNS, at(0, 53), "lab"), Host("crl", HostKind.CRL, at(0, 80), "lab")]
+        hosts = [Host("dns", HostKind.DNS, at(0, 53), "lab"), Host("crl", HostKind.CRL, at(0, 80), "lab"),
+                 Host("pool-nat", HostKind.POOL_NAT, at(0, 254), "lab")]
         for index, node in enumerate(scenario.edge_pool.nodes, start=1):
             hosts.append(Host(f"{node.name}-internal", HostKind.EDGE_INTERNAL, at(index, 1), node.name))
             for kind, offset, fourth in _EDGE_SLOTS:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from simulator.core.ports import RelayPortAllocator
 from simulator.lab.addressing import HostKind
 from simulator.lab.services import lab_service, node_service
-from simulator.net.av_edge import AvEdgeServer
+from simulator.net.av_edge import AvEdgeServer, PoolNatView
 from simulator.net.edge import Service
 from simulator.net.media_peer import MediaPeer
 from simulator.scenario.schema import ClientRole
@@ -42,14 +42,17 @@ def av_services(lab: Lab, node: NodeSpec) -> dict[str, Service]:
     ports = RelayPortAllocator(random.Random(seed), first_port=pool.relay_ports.first,
                                last_port=pool.relay_ports.last)
     internal = lab.plan.one(node.name, HostKind.EDGE_INTERNAL).address
-    # (listen address, where ALTERNATE-SERVER points): each interface names itself.
-    listeners = {"av-external": (public, public), "av-internal": (internal, internal)}
+    private = lab.plan.one(node.name, HostKind.EDGE_AV_PRIVATE).address
+    # (listen address, where ALTERNATE-SERVER points, whether its listeners face the pool NAT): the external
+    # interface is behind the 1:1 NAT; the internal one is not, but its relays are (they are on the public side).
+    listeners = {"av-external": (public, public, True), "av-internal": (internal, internal, False)}
     return {
         name: AvEdgeServer(listen, public, relay_host=public, udp_port=lab.port_map(TURN_UDP_PORT),
                            tcp_port=lab.port_map(TURN_TCP_PORT), credentials=lab.credentials,
                            realm=lab.scenario.domain, seed=seed + offset, ports=ports,
-                           config={"private_hosts": lab.private_addresses(node.name), "alternate_host": alternate})
-        for offset, (name, (listen, alternate)) in enumerate(listeners.items())
+                           config={"private_hosts": lab.private_addresses(node.name), "alternate_host": alternate},
+                           nat_view=PoolNatView(lab.pool_nat, private, public, listeners=behind_nat))
+        for offset, (name, (listen, alternate, behind_nat)) in enumerate(listeners.items())
     }
 
 

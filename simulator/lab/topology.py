@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from simulator.core.credentials import CredentialStore
 from simulator.core.dns_zone import Zone
+from simulator.core.nat import StaticNat, StaticNatConfig
 from simulator.lab import access, av, clients, mgmt, webconf, xmpp  # noqa: F401  (registers their services)
 from simulator.lab.addressing import AddressPlan, HostKind, PortMap
 from simulator.lab.names import CRL_PATH, CRL_PORT, DNS_PORT, zone_records
@@ -48,6 +49,7 @@ class Lab:
         self.credentials = CredentialStore()  # pool-wide: MRAS issues, every A/V Edge checks
         self.services: dict[str, Service] = {}  # lab services that are not on a node
         self.rng = random.Random(scenario.seed)
+        self.pool_nat = self._pool_nat()
         self.conference_key = f"conf-{self.rng.getrandbits(64):016x}"  # what SIP would hand a meeting joiner
 
     @property
@@ -55,6 +57,18 @@ class Lab:
         """Names the Edge's internal listeners accept: the topology's internal servers."""
         return frozenset(client.fqdn for client in self.scenario.clients
                          if client.role in INTERNAL_ROLES and client.fqdn is not None)
+
+    def _pool_nat(self) -> StaticNat:
+        """The pool's static 1:1 NAT: each node's external private address ↔ its public twin."""
+        pairs = ((HostKind.EDGE_ACCESS_PRIVATE, HostKind.EDGE_ACCESS_PUBLIC),
+                 (HostKind.EDGE_WEBCONF_PRIVATE, HostKind.EDGE_WEBCONF_PUBLIC),
+                 (HostKind.EDGE_AV_PRIVATE, HostKind.EDGE_AV_PUBLIC))
+        public_of = {self.plan.one(node.name, private).address: self.plan.one(node.name, public).address
+                     for node in self.scenario.edge_pool.nodes for private, public in pairs}
+        spec = self.scenario.edge_pool.nat
+        config = StaticNatConfig(public_of, hairpin=spec.hairpin, snat_inbound=spec.snat_inbound,
+                                 inside_address=self.plan.host("pool-nat").address)
+        return StaticNat(config, random.Random(f"{self.scenario.seed}:pool-nat"))
 
     def internal_server_context(self) -> ssl.SSLContext:
         """Mutual TLS on the Edge's internal interface: the edge-internal certificate, CRL-checked peers."""

@@ -35,6 +35,7 @@ from dataclasses import asdict
 from typing import Any, cast
 
 from simulator.core.credentials import CredentialStore
+from simulator.core.nat import StaticNat
 from simulator.core.ports import DEFAULT_FIRST_PORT, DEFAULT_LAST_PORT, RelayPortAllocator, Transport
 from simulator.core.turn_server import CloseStream, ConnectPeer, Sink, TurnServer, TurnServerConfig
 from simulator.wire.stun import Address
@@ -57,6 +58,43 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+class PoolNatView:
+    """The pool's static 1:1 NAT as this A/V Edge sees it (research-lync-edge §2.2), applied at the wire.
+
+    In the embedded lab the external listeners and relays bind the node's *public* address, which is what
+    a correct 1:1 NAT (DNAT only, sources preserved) looks like from the Edge. The NAT's misconfigurations
+    are emulated here, with the sans-I/O :class:`~simulator.core.nat.StaticNat` deciding: with
+    ``snat_inbound`` every inbound source becomes the NAT's inside address (and replies to it are mapped
+    back to the real client); with ``hairpin=False`` traffic between the pool nodes' public addresses is
+    dropped both ways.
+    """
+
+    def __init__(self, nat: StaticNat, private_host: str, public_host: str, *, listeners: bool = True) -> None:
+        self.nat = nat
+        self.private_host = private_host
+        self.public_host = public_host
+        self.listeners = listeners  # False for the internal interface: only its relays face the NAT
+        self.inside = nat.config.inside_address if nat.config.snat_inbound else None
+        self.dropped = 0
+
+    def inbound(self, transport: Transport, src: tuple[str, int], port: int, now: float) -> tuple[str, int] | None:
+        """The source the Edge sees for a packet from ``src`` to its public ``port`` (None: dropped)."""
+        translation = self.nat.inbound(transport, (src[0], src[1]), (self.public_host, port), now)
+        if translation is None:
+            self.dropped += 1
+            return None
+        return translation.src
+
+    def outbound(self, transport: Transport, port: int, dst: tuple[str, int], now: float) -> tuple[str, int] | None:
+        """Where a packet from the Edge's ``port`` to ``dst`` really goes (None: dropped)."""
+        translation = self.nat.outbound(transport, (self.private_host, port), (dst[0], dst[1]), now)
+        if translation is None:
+            self.dropped += 1
+            return None
+        # Only a reply to an SNAT-ed source changes destination; the lab's nodes listen on public addresses.
+        return translation.dst if self.inside is not None and dst[0] == self.inside else (dst[0], dst[1])
+
+
 class _UdpListener(asyncio.DatagramProtocol):
     """UDP 3478: every datagram straight into the core."""
 
@@ -70,6 +108,12 @@ class _UdpListener(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         edge = self.edge
         core = edge.core
+        view = edge.nat_view
+        if view is not None and view.listeners:
+            seen = view.inbound("udp", addr, edge.public_udp_port, edge.time())
+            if seen is None:
+                return
+            addr = seen
         core.receive_datagram(data, addr, edge.time())
         if core.transmits:
             edge.flush()
@@ -78,6 +122,11 @@ class _UdpListener(asyncio.DatagramProtocol):
         pass  # ICMP errors from clients: nothing to do
 
     def sendto(self, data: bytes, addr: Any, /) -> None:
+        view = self.edge.nat_view
+        if view is not None and view.listeners:
+            addr = view.outbound("udp", self.edge.public_udp_port, addr, self.edge.time())
+            if addr is None:
+                return
         if self.transport is not None:
             self.transport.sendto(data, addr)
 
@@ -101,6 +150,12 @@ class _UdpRelay(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         edge = self.edge
         core = edge.core
+        view = edge.nat_view
+        if view is not None:
+            seen = view.inbound("udp", addr, self.port, edge.time())
+            if seen is None:
+                return
+            addr = seen
         core.receive_from_peer(self.port, data, addr, edge.time())
         if core.transmits:
             edge.flush()
@@ -109,6 +164,11 @@ class _UdpRelay(asyncio.DatagramProtocol):
         pass  # ICMP port unreachable from a peer
 
     def sendto(self, data: bytes, addr: Any, /) -> None:
+        view = self.edge.nat_view
+        if view is not None:
+            addr = view.outbound("udp", self.port, addr, self.edge.time())
+            if addr is None:
+                return
         transport = self.transport
         if transport is not None:
             transport.sendto(data, addr)
@@ -135,12 +195,21 @@ class _Stream(asyncio.Protocol):
         self.peer = peer
         self.transport: asyncio.Transport | None = None
         self.connection_id: int | None = None  # outgoing RFC 6062 connection
+        self.refused = False  # dropped by the pool NAT before the core saw it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         edge = self.edge
-        edge.streams.add(self)
         addr = transport.get_extra_info("peername")
+        view = edge.nat_view
+        if view is not None and self.connection_id is None and (self.peer or view.listeners):
+            seen = view.inbound("tcp", addr, self.relay_port or edge.public_tcp_port, edge.time())
+            if seen is None:
+                self.refused = True
+                transport.close()
+                return
+            addr = seen
+        edge.streams.add(self)
         if self.connection_id is not None:
             edge.core.peer_connected(self.connection_id, self, edge.time())
         elif self.peer:
@@ -161,6 +230,8 @@ class _Stream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         edge = self.edge
+        if self.refused:
+            return
         edge.streams.discard(self)
         if self.peer:
             edge.core.peer_stream_closed(self, edge.time())
@@ -286,6 +357,7 @@ class AvEdgeServer:
         seed: int | None = None,
         config: dict[str, Any] | None = None,
         ports: RelayPortAllocator | None = None,
+        nat_view: PoolNatView | None = None,
     ) -> None:
         self.listen_host = listen_host
         self.public_host = public_host
@@ -298,6 +370,9 @@ class AvEdgeServer:
         self.user_quota = user_quota
         self.seed = seed if seed is not None else random.SystemRandom().getrandbits(32)
         self.extra_config = config or {}
+        self.nat_view = nat_view  # the pool's 1:1 NAT misconfigurations, when the lab emulates them
+        self.public_udp_port = udp_port
+        self.public_tcp_port = tcp_port
         self.ports = ports or RelayPortAllocator(random.Random(self.seed), first_port=first_port, last_port=last_port)
         self._core: TurnServer | None = None
         self.streams: set[_Stream] = set()
@@ -354,6 +429,7 @@ class AvEdgeServer:
             raise
         udp_port = udp_sock.getsockname()[1]
         tcp_port = tcp_sock.getsockname()[1]
+        self.public_udp_port, self.public_tcp_port = udp_port, tcp_port  # 1:1 NAT keeps ports
         extra = dict(self.extra_config)
         private = ({self.listen_host, self.relay_host} | set(extra.pop("private_hosts", ()))) - {
             self.public_host, extra.get("alternate_host")}

@@ -31,6 +31,8 @@ class Reason(StrEnum):
     PRIVATE_ADDRESS_LEAKED = "private-address-leaked"
     NO_RETURN_PATH = "no-return-path"
     NO_PEER = "no-peer"  # the scenario has no client of the role this rule needs
+    SNAT_INBOUND = "snat-inbound"  # the Edge saw a rewritten source: something source-NATs inbound traffic
+    NO_HAIRPIN = "no-hairpin"  # the pool nodes' public addresses cannot reach each other
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Awaitable, Callable
 
 from simulator.lab.access import request_mras_credentials
 from simulator.lab.addressing import HostKind
@@ -34,6 +35,34 @@ from simulator.wire.errors import MalformedMessage
 from simulator.wire.stun import Address, StunMethod
 
 MS_VERSION = 3
+
+
+async def _av_guarded(ctx: ProbeContext, node: str, check: Callable[[], Awaitable[str]]) -> Outcome:
+    """Run an A/V check; when nothing came back through the relay, say whether inbound SNAT is why."""
+    outcome = await guarded(node, check)
+    if outcome.reason is not Reason.NO_RETURN_PATH:
+        return outcome
+    try:
+        cause = await _inbound_snat(ctx, node)
+    except ProbeFailure:
+        return outcome
+    if cause is None:
+        return outcome
+    return Outcome(node, outcome.verdict, Reason.SNAT_INBOUND, f"{outcome.detail}; {cause}", outcome.elapsed_ms)
+
+
+async def _inbound_snat(ctx: ProbeContext, node: str) -> str | None:
+    """Whether the node's A/V Edge sees a rewritten source for an outside client (MS-TURN 0x8020)."""
+    client, allocation, _ = await _ms_session(ctx, node, "udp", internal=False, client_role=ClientRole.REMOTE_USER,
+                                              check_source=False)
+    try:
+        expected = client.public
+    finally:
+        await client.close()
+    if allocation.reflexive is None or expected is None or allocation.reflexive.host == expected.host:
+        return None
+    return (f"the A/V Edge sees outside sources rewritten ({expected.host} arrives as {allocation.reflexive.host}): "
+            "inbound SNAT breaks the relay's per-peer permissions")
 
 
 def _rng(ctx: ProbeContext, node: str) -> random.Random:
@@ -62,7 +91,7 @@ def _client_host(ctx: ProbeContext, role: ClientRole) -> str:
 
 
 def _check_allocation(ctx: ProbeContext, node: str, allocation: Allocation, server: Address,
-                      client: Address | None) -> str:
+                      client: Address | None, check_source: bool) -> str:
     public = ctx.lab.external_bind(node, "av")
     private = ctx.lab.private_addresses(node)
     seen = {allocation.relay.host, *(a.host for a in (allocation.alternate, allocation.reflexive) if a)}
@@ -75,14 +104,22 @@ def _check_allocation(ctx: ProbeContext, node: str, allocation: Allocation, serv
     if allocation.relay.host != public or not relays.first <= allocation.relay.port <= relays.last:
         raise ProbeFailure(Reason.PROTOCOL_ERROR, f"relay {allocation.relay} is not {public}:"
                                                   f"{relays.first}-{relays.last}")
-    if allocation.reflexive is None or allocation.reflexive != client:
+    if check_source and allocation.reflexive is not None and client is not None and \
+            allocation.reflexive.host != client.host:
+        # MS-TURN 0x8020 is the source the Edge saw: the 1:1 NAT must preserve it (research §2.2).
+        raise ProbeFailure(Reason.SNAT_INBOUND, f"the A/V Edge saw the client as {allocation.reflexive.host}, not "
+                                                f"{client.host}: inbound traffic is source-NATed")
+    if check_source and (allocation.reflexive is None or allocation.reflexive != client):
         raise ProbeFailure(Reason.PROTOCOL_ERROR, f"reflexive address {allocation.reflexive}, expected {client}")
-    return f"relay {allocation.relay.host}:{allocation.relay.port}, client seen as {client.host}:{client.port}"
+    reflexive = allocation.reflexive
+    return f"relay {allocation.relay.host}:{allocation.relay.port}" + (
+        f", client seen as {reflexive.host}:{reflexive.port}" if reflexive is not None else "")
 
 
 async def _ms_session(ctx: ProbeContext, node: str, transport: str, *, internal: bool,
-                      client_role: ClientRole) -> tuple[MsTurnClient, Allocation, str]:
-    username, password = await _credentials(ctx, node, internal)
+                      client_role: ClientRole, check_source: bool = True,
+                      credentials: tuple[str, str] | None = None) -> tuple[MsTurnClient, Allocation, str]:
+    username, password = credentials or await _credentials(ctx, node, internal)
     host = ctx.lab.plan.one(node, HostKind.EDGE_INTERNAL).address if internal else ctx.lab.external_bind(node, "av")
     port = ctx.lab.port_map(TURN_UDP_PORT if transport == "udp" else TURN_TCP_PORT)
     source = _client_host(ctx, client_role)
@@ -94,7 +131,7 @@ async def _ms_session(ctx: ProbeContext, node: str, transport: str, *, internal:
     await client.open(ctx.timeout)
     try:
         allocation = await client.allocate(ctx.timeout)
-        detail = _check_allocation(ctx, node, allocation, Address(host, port), client.public)
+        detail = _check_allocation(ctx, node, allocation, Address(host, port), client.public, check_source)
     except BaseException:
         await client.close()
         raise
@@ -116,6 +153,9 @@ async def _echo_through(ctx: ProbeContext, client: MsTurnClient, allocation: All
             raise ProbeFailure(Reason.PROTOCOL_ERROR, f"unexpected data back: {data[:60]!r}")
         if parsed[0] != allocation.relay:
             raise ProbeFailure(Reason.PROTOCOL_ERROR, f"the peer saw {parsed[0]}, not the relay {allocation.relay}")
+        if source is not None and source.host != peer_address.host:
+            raise ProbeFailure(Reason.SNAT_INBOUND, f"the relay saw the peer as {source.host}, not "
+                                                    f"{peer_address.host}: inbound traffic is source-NATed")
         if source is not None and source != peer_address:
             raise ProbeFailure(Reason.PROTOCOL_ERROR, f"data came from {source}, not {peer_address}")
         return f"peer {peer_address.host} saw the relay, echo came back"
@@ -123,55 +163,107 @@ async def _echo_through(ctx: ProbeContext, client: MsTurnClient, allocation: All
 
 
 async def _ms_probe(ctx: ProbeContext, node: str, transport: str, *, internal: bool, client_role: ClientRole,
-                    peer_role: ClientRole) -> str:
-    client, allocation, detail = await _ms_session(ctx, node, transport, internal=internal, client_role=client_role)
+                    peer_role: ClientRole, check_source: bool = True) -> str:
+    client, allocation, detail = await _ms_session(ctx, node, transport, internal=internal, client_role=client_role,
+                                                   check_source=check_source)
     try:
         return f"{detail}; {await _echo_through(ctx, client, allocation, _peer_host(ctx, peer_role))}"
     finally:
         await client.close()
 
 
+async def _across_the_pool(ctx: ProbeContext, node: str, outbound: bool) -> str:
+    """Relay to relay between two pool nodes' public A/V addresses: a call between two users whose
+    allocations landed on different nodes through DNS load balancing needs the 1:1 NAT's hairpin."""
+    others = [n.name for n in ctx.lab.scenario.edge_pool.nodes if n.name != node]
+    if not others:
+        return "single-node pool: no hairpin to check"
+    credentials = await _credentials(ctx, node, internal=False)
+    here, here_alloc, _ = await _ms_session(ctx, node, "udp", internal=False, client_role=ClientRole.REMOTE_USER,
+                                            check_source=False, credentials=credentials)
+    try:
+        there, there_alloc, _ = await _ms_session(ctx, others[0], "udp", internal=False,
+                                                  client_role=ClientRole.REMOTE_USER, check_source=False,
+                                                  credentials=credentials)
+        try:
+            sender, receiver = (here, there) if outbound else (there, here)
+            sender_alloc, receiver_alloc = (here_alloc, there_alloc) if outbound else (there_alloc, here_alloc)
+            payload = f"edgesim-{ctx.rule.id}-hairpin".encode()
+            for _ in range(3):  # MS-TURN: each side's Send opens its relay to the other (implicit permission)
+                receiver.send(sender_alloc.relay, b"open")
+                sender.send(receiver_alloc.relay, payload)
+                try:
+                    while True:
+                        _, data = await receiver.receive(ctx.timeout / 3)
+                        if data == payload:
+                            return (f"relay {sender_alloc.relay.host}:{sender_alloc.relay.port} → relay "
+                                    f"{receiver_alloc.relay.host}:{receiver_alloc.relay.port} across the pool")
+                except ProbeFailure:
+                    continue
+            raise ProbeFailure(Reason.NO_HAIRPIN, f"nothing crossed from {sender_alloc.relay.host} to "
+                                                  f"{receiver_alloc.relay.host}: the pool's public A/V addresses "
+                                                  "do not reach each other (1:1 NAT hairpin)")
+        finally:
+            await there.close()
+    finally:
+        await here.close()
+
+
+def _simple(ctx: ProbeContext, node: str, transport: str, internal: bool, role: ClientRole) -> Awaitable[Outcome]:
+    """Allocate from ``role``'s host, check the answer, echo through the relay to a federated partner's peer."""
+    return _av_guarded(ctx, node, lambda: _ms_probe(ctx, node, transport, internal=internal, client_role=role,
+                                                    peer_role=ClientRole.FEDERATED_PARTNER))
+
+
 @probe("av-turn-udp-in")
 async def av_turn_udp_in(ctx: ProbeContext, node: str) -> Outcome:
     """E15/P6: MS-TURN Allocate over UDP 3478 from outside (a remote user; for P6 a Live Messenger user)."""
     role = ClientRole.PIC_PARTNER if ctx.rule.id == "P6" else ClientRole.REMOTE_USER
-    return await guarded(node, lambda: _ms_probe(ctx, node, "udp", internal=False, client_role=role,
-                                                 peer_role=ClientRole.FEDERATED_PARTNER))
+    return await _simple(ctx, node, "udp", False, role)
 
 
 @probe("av-turn-tcp-in")
 async def av_turn_tcp_in(ctx: ProbeContext, node: str) -> Outcome:
     """E16: MS-TURN over TCP 443 (pseudo-TLS hello, 4-byte framing) from a remote user."""
-    return await guarded(node, lambda: _ms_probe(ctx, node, "tcp", internal=False, client_role=ClientRole.REMOTE_USER,
-                                                 peer_role=ClientRole.FEDERATED_PARTNER))
+    return await _simple(ctx, node, "tcp", False, ClientRole.REMOTE_USER)
 
 
 @probe("av-turn-udp-internal")
 async def av_turn_udp_internal(ctx: ProbeContext, node: str) -> Outcome:
     """I6: MS-TURN over UDP 3478 to the internal interface; the relay is still the public A/V address."""
-    return await guarded(node, lambda: _ms_probe(ctx, node, "udp", internal=True, client_role=ClientRole.FRONT_END,
-                                                 peer_role=ClientRole.FEDERATED_PARTNER))
+    return await _simple(ctx, node, "udp", True, ClientRole.FRONT_END)
 
 
 @probe("av-turn-tcp-internal")
 async def av_turn_tcp_internal(ctx: ProbeContext, node: str) -> Outcome:
     """I7: MS-TURN over TCP 443 to the internal interface."""
-    return await guarded(node, lambda: _ms_probe(ctx, node, "tcp", internal=True, client_role=ClientRole.FRONT_END,
-                                                 peer_role=ClientRole.FEDERATED_PARTNER))
+    return await _simple(ctx, node, "tcp", True, ClientRole.FRONT_END)
 
 
 @probe("av-relay-udp-out")
 async def av_relay_udp_out(ctx: ProbeContext, node: str) -> Outcome:
-    """E11: the relay sends RTP/UDP from its public port (50000–59999) to a federated peer."""
-    return await guarded(node, lambda: _ms_probe(ctx, node, "udp", internal=False, client_role=ClientRole.REMOTE_USER,
-                                                 peer_role=ClientRole.FEDERATED_PARTNER))
+    """E11: the relay sends RTP/UDP from its public port (50000–59999) to a federated peer, and to a relay on
+    another pool node (hairpin)."""
+
+    async def check() -> str:
+        detail = await _ms_probe(ctx, node, "udp", internal=False, client_role=ClientRole.REMOTE_USER,
+                                 peer_role=ClientRole.FEDERATED_PARTNER, check_source=False)
+        return f"{detail}; {await _across_the_pool(ctx, node, outbound=True)}"
+
+    return await _av_guarded(ctx, node, check)
 
 
 @probe("av-relay-udp-in")
 async def av_relay_udp_in(ctx: ProbeContext, node: str) -> Outcome:
-    """E13: a federated peer's RTP/UDP reaches the relay port and is delivered to the client."""
-    return await guarded(node, lambda: _ms_probe(ctx, node, "udp", internal=False, client_role=ClientRole.REMOTE_USER,
-                                                 peer_role=ClientRole.FEDERATED_PARTNER))
+    """E13: a federated peer's RTP/UDP reaches the relay port and is delivered to the client, as does a relay's
+    on another pool node (hairpin)."""
+
+    async def check() -> str:
+        detail = await _ms_probe(ctx, node, "udp", internal=False, client_role=ClientRole.REMOTE_USER,
+                                 peer_role=ClientRole.FEDERATED_PARTNER)
+        return f"{detail}; {await _across_the_pool(ctx, node, outbound=False)}"
+
+    return await _av_guarded(ctx, node, check)
 
 
 @probe("av-turn-udp-out")
@@ -182,7 +274,7 @@ async def av_turn_udp_out(ctx: ProbeContext, node: str) -> Outcome:
 
     async def check() -> str:
         client, allocation, detail = await _ms_session(ctx, node, "udp", internal=False,
-                                                       client_role=ClientRole.REMOTE_USER)
+                                                       client_role=ClientRole.REMOTE_USER, check_source=False)
         try:
             target = Address(_peer_host(ctx, peer_role), ctx.lab.port_map(TURN_UDP_PORT))
             rng = _rng(ctx, node)
@@ -206,7 +298,7 @@ async def av_turn_udp_out(ctx: ProbeContext, node: str) -> Outcome:
         finally:
             await client.close()
 
-    return await guarded(node, check)
+    return await _av_guarded(ctx, node, check)
 
 
 async def _tcp_relay(ctx: ProbeContext, node: str) -> tuple[RfcTcpRelayClient, Address]:
@@ -262,13 +354,13 @@ async def _tcp_out(ctx: ProbeContext, node: str, peer_role: ClientRole, peer_por
 async def av_relay_tcp_out(ctx: ProbeContext, node: str) -> Outcome:
     """E10/P4: the relay opens RTP/TCP to a peer (RFC 6062 Connect) and bytes cross both ways."""
     role = ClientRole.PIC_PARTNER if ctx.rule.id == "P4" else ClientRole.FEDERATED_PARTNER
-    return await guarded(node, lambda: _tcp_out(ctx, node, role, PEER_TCP_MEDIA_PORT))
+    return await _av_guarded(ctx, node, lambda: _tcp_out(ctx, node, role, PEER_TCP_MEDIA_PORT))
 
 
 @probe("av-turn-tcp-out")
 async def av_turn_tcp_out(ctx: ProbeContext, node: str) -> Outcome:
     """E17: the relay opens TCP to a remote Edge's 443."""
-    return await guarded(node, lambda: _tcp_out(ctx, node, ClientRole.FEDERATED_PARTNER,
+    return await _av_guarded(ctx, node, lambda: _tcp_out(ctx, node, ClientRole.FEDERATED_PARTNER,
                                                 ctx.lab.port_map(TURN_TCP_PORT)))
 
 
@@ -309,4 +401,4 @@ async def av_relay_tcp_in(ctx: ProbeContext, node: str) -> Outcome:
                     await writer.wait_closed()
             await client.close()
 
-    return await guarded(node, check)
+    return await _av_guarded(ctx, node, check)
