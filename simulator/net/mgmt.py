@@ -24,7 +24,7 @@ import ssl
 import h11
 
 from simulator.net.listener import Peer, TlsListener
-from simulator.net.tls import classify_tls_error
+from simulator.net.tls import classify_tls_error, open_tls
 from simulator.net.tlsstream import TlsStream
 from simulator.report.verdict import ProbeFailure, Reason
 from simulator.wire.cls import MAX_LINE, ClsQuery, ClsReply, parse_query, parse_reply
@@ -142,16 +142,6 @@ async def _send_json(writer: TlsStream, connection: h11.Connection, status: int,
 # ---------------------------------------------------------------------------------------------- clients
 
 
-async def _open_tls(host: str, port: int, context: ssl.SSLContext, server_name: str,
-                    timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    try:
-        return await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=context, server_hostname=server_name,
-                                    ssl_handshake_timeout=timeout), timeout)
-    except (OSError, ssl.SSLError, TimeoutError) as error:
-        raise ProbeFailure(classify_tls_error(error), f"{host}:{port}: {error}") from None
-
-
 async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(OSError, ssl.SSLError):
@@ -161,7 +151,7 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 async def cls_query(host: str, port: int, context: ssl.SSLContext, server_name: str, token: str,
                     timeout: float) -> ClsReply:
     """One CLS query over mutual TLS; raises :class:`ProbeFailure` with the reason when it fails."""
-    reader, writer = await _open_tls(host, port, context, server_name, timeout)
+    reader, writer = await open_tls(host, port, context, server_name, timeout)
     try:
         writer.write(ClsQuery(token).serialize())
         await writer.drain()
@@ -186,7 +176,7 @@ async def cls_query(host: str, port: int, context: ssl.SSLContext, server_name: 
 async def cms_push(host: str, port: int, context: ssl.SSLContext, server_name: str, document: bytes,
                    timeout: float) -> dict[str, object]:
     """Push a configuration document to the CMS replica; returns its JSON acknowledgement."""
-    reader, writer = await _open_tls(host, port, context, server_name, timeout)
+    reader, writer = await open_tls(host, port, context, server_name, timeout)
     connection = h11.Connection(h11.CLIENT)
     try:
         request = h11.Request(method="POST", target=CmsReplicationListener.PATH.decode(), headers=[

@@ -17,7 +17,7 @@ import itertools
 import ssl
 
 from simulator.net.listener import Peer, TlsListener
-from simulator.net.tls import classify_tls_error
+from simulator.net.tls import classify_tls_error, open_tls
 from simulator.net.tlsstream import TlsStream
 from simulator.report.verdict import ProbeFailure, Reason
 from simulator.wire.errors import MalformedMessage
@@ -207,15 +207,6 @@ class FrontendWebConferencing:
                         await writer.drain()
 
 
-async def _open(host: str, port: int, context: ssl.SSLContext, server_name: str,
-                timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    try:
-        return await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context, server_hostname=server_name,
-                                                              ssl_handshake_timeout=timeout), timeout)
-    except (OSError, ssl.SSLError, TimeoutError) as error:
-        raise ProbeFailure(classify_tls_error(error), f"{host}:{port}: {error}") from None
-
-
 async def _one_record(reader: asyncio.StreamReader, framer: PsomFramer, where: str, timeout: float) -> PsomRecord:
     try:
         async with asyncio.timeout(timeout):
@@ -235,7 +226,7 @@ async def _one_record(reader: asyncio.StreamReader, framer: PsomFramer, where: s
 async def psom_register(host: str, port: int, context: ssl.SSLContext, server_name: str, frontend: str,
                         timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Open one Front End link to an Edge's 8057 and register it; returns the open stream pair."""
-    reader, writer = await _open(host, port, context, server_name, timeout)
+    reader, writer = await open_tls(host, port, context, server_name, timeout)
     try:
         writer.write(PsomRecord(PsomType.REGISTER, frontend.encode()).serialize())
         await writer.drain()
@@ -254,7 +245,7 @@ async def psom_register(host: str, port: int, context: ssl.SSLContext, server_na
 async def psom_join(host: str, port: int, context: ssl.SSLContext, server_name: str, key: str,
                     timeout: float) -> str:
     """A remote client joins a conference through the Web Conferencing Edge; returns ``node/frontend``."""
-    reader, writer = await _open(host, port, context, server_name, timeout)
+    reader, writer = await open_tls(host, port, context, server_name, timeout)
     try:
         writer.write(PsomRecord(PsomType.JOIN, key.encode()).serialize())
         await writer.drain()

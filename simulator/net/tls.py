@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 
-from simulator.report.verdict import Reason
+from simulator.report.verdict import ProbeFailure, Reason
 
 # OpenSSL X509_V_ERR_* codes (x509_vfy.h) a verifier reports, mapped to our reason codes.
 _VERIFY_REASONS: dict[int, Reason] = {
@@ -83,3 +84,13 @@ def peer_dns_names(peercert: object) -> set[str]:
             if kind == "DNS":
                 names.add(str(value).lower())
     return names
+
+
+async def open_tls(host: str, port: int, context: ssl.SSLContext, server_name: str,
+                   timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client TLS connection whose failure is a :class:`ProbeFailure` with the TLS reason code."""
+    try:
+        return await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context, server_hostname=server_name,
+                                                              ssl_handshake_timeout=timeout), timeout)
+    except (OSError, ssl.SSLError, TimeoutError) as error:
+        raise ProbeFailure(classify_tls_error(error), f"{host}:{port}: {error}") from None

@@ -22,7 +22,7 @@ import itertools
 import ssl
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from simulator.net.listener import AsyncioStream, ByteStream, Peer, TcpListener, TlsListener
@@ -87,6 +87,19 @@ def _has_child(element: ET.Element, namespace: str, name: str) -> bool:
 # ------------------------------------------------------------------------------------------- negotiation
 
 
+@contextlib.contextmanager
+def _as_probe_failure(where: str) -> Iterator[None]:
+    """A client-side XMPP failure becomes a ProbeFailure with its reason code."""
+    try:
+        yield
+    except XmppFailure as failure:
+        raise ProbeFailure(failure.reason, f"{where}: {failure}") from None
+    except MalformedMessage as error:
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{where}: {error.reason}") from None
+    except (OSError, ssl.SSLError, TimeoutError) as error:
+        raise ProbeFailure(classify_tls_error(error), f"{where}: {error}") from None
+
+
 async def accept_s2s(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: ssl.SSLContext,
                      local_domain: str, stream_ids: Callable[[], str],
                      allowed_domains: frozenset[str] | None = None) -> tuple[TlsStream, EventReader, str]:
@@ -142,7 +155,7 @@ async def accept_s2s(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 async def connect_s2s(host: str, port: int, local_domain: str, remote_domain: str, context: ssl.SSLContext,
                       timeout: float, local_addr: str | None = None) -> tuple[AsyncioStream, EventReader]:
     """The initiating side: STARTTLS (the peer's certificate must name ``remote_domain``), SASL EXTERNAL."""
-    try:
+    with _as_probe_failure(f"{host}:{port}"):
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port,
                                                            local_addr=(local_addr, 0) if local_addr else None)
@@ -184,12 +197,6 @@ async def connect_s2s(host: str, port: int, local_domain: str, remote_domain: st
             except BaseException:
                 await stream.close()
                 raise
-    except XmppFailure as failure:
-        raise ProbeFailure(failure.reason, f"{host}:{port}: {failure}") from None
-    except MalformedMessage as error:
-        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{host}:{port}: {error.reason}") from None
-    except (OSError, ssl.SSLError, TimeoutError) as error:
-        raise ProbeFailure(classify_tls_error(error), f"{host}:{port}: {error}") from None
 
 
 # ---------------------------------------------------------------------------------------------- stanzas
@@ -478,7 +485,7 @@ class FrontendXmppGateway:
 async def open_gateway_link(host: str, port: int, context: ssl.SSLContext, server_name: str, name: str,
                             domain: str, timeout: float) -> tuple[AsyncioStream, EventReader]:
     """Open the Front End → Edge gateway link: mutual TLS, then an XMPP stream (I1/X3)."""
-    try:
+    with _as_probe_failure(f"{host}:{port}"):
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=server_name)
             stream = AsyncioStream(reader, writer)
@@ -492,12 +499,6 @@ async def open_gateway_link(host: str, port: int, context: ssl.SSLContext, serve
             except BaseException:
                 await stream.close()
                 raise
-    except XmppFailure as failure:
-        raise ProbeFailure(failure.reason, f"{host}:{port}: {failure}") from None
-    except MalformedMessage as error:
-        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{host}:{port}: {error.reason}") from None
-    except (OSError, ssl.SSLError, TimeoutError) as error:
-        raise ProbeFailure(classify_tls_error(error), f"{host}:{port}: {error}") from None
 
 
 async def exchange(stream: AsyncioStream, events: EventReader, stanza: bytes, stanza_id: str,
