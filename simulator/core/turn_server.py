@@ -38,8 +38,10 @@ Requests go through the same pipeline, as a table of handlers per (dialect famil
 
 Lifetimes (RFC 8656 §7.2, §9, §12): allocation 600 s by default, clamped to [600, 3600]; permissions
 300 s, per peer IP; channels 600 s, and an expired channel number keeps its peer for another 300 s.
-Allocations expire from a heap in ``handle_timer``; permissions and channels are checked against
-``now`` where they are used, so the per-packet path needs no timer.
+Allocations expire from a heap of ``(expiry, schedule number)`` in ``handle_timer`` (a refreshed or deleted
+allocation leaves a stale entry that refers to nothing; the heap is rebuilt when those outnumber the live
+ones, so a deleted allocation is freed at once, not kept 600 s by its timer); permissions and channels are
+checked against ``now`` where they are used, so the per-packet path needs no timer.
 
 Nonces are stateless: ``<expiry hex>-<HMAC(server secret, expiry, client IP)>``, so nothing is stored
 per unauthenticated client and an expired nonce is a 438 (RFC 8656 §5 / RFC 8489 §9.2.4). Long-term
@@ -92,6 +94,26 @@ _COOKIE_INT: Final = 0x2112A442
 _MS_COOKIE_ATTR: Final = msturn.MAGIC_COOKIE_ATTRIBUTE_BYTES
 _RELAY_BIND_ATTEMPTS: Final = 64
 _PEER_BUFFER_LIMIT: Final = 65536  # RFC 6062 §5.3: buffer peer data until ConnectionBind, bounded
+_NONCE_CACHE_SIZE: Final = 65536
+_ALLOCATE_REQUEST: Final = 0x0003  # RFC 8656 §17: Allocate request type
+_REFRESH_REQUEST: Final = 0x0004
+_SUCCESS_BIT: Final = 0x0100  # RFC 8489 §5: C1 (request 0x0003 -> success 0x0103)
+_MI_HEAD: Final = b"\x00\x08\x00\x14"  # MESSAGE-INTEGRITY, 20 bytes (RFC 8489 §14.5)
+_FAST_TEXT: Final = -1
+# The RFC 8656 fast path's attribute table: code -> the exact value length the generic decoder accepts
+# (_FAST_TEXT: any length, UTF-8). A request with any other attribute takes the generic path.
+_FAST_ATTRIBUTES: Final[dict[int, int]] = {
+    turn.REQUESTED_TRANSPORT.code: 4,
+    turn.LIFETIME.code: 4,
+    turn.DONT_FRAGMENT.code: 0,
+    stun.USERNAME.code: _FAST_TEXT,
+    stun.REALM.code: _FAST_TEXT,
+    stun.NONCE.code: _FAST_TEXT,
+    stun.SOFTWARE.code: _FAST_TEXT,
+    stun.MESSAGE_INTEGRITY.code: 20,
+    stun.FINGERPRINT.code: 4,
+}
+_FAST_TEXT_CODES: Final = tuple(code for code, length in _FAST_ATTRIBUTES.items() if length == _FAST_TEXT)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -116,12 +138,18 @@ class RelayBinder(Protocol):
     """Binds relay sockets for the core (the shell: one real socket per allocation).
 
     ``bind`` returns the sink of a newly bound socket on ``(host, port)`` or None when the OS
-    refused the port; ``unbind`` closes it.
+    refused the port; ``unbind`` closes it. ``listen`` is called once per allocation, just before its first
+    permission is installed: until then nothing a peer sends can be relayed (RFC 8656 §9), so a shell may
+    leave the socket unread and deliver what queued up to ``receive_from_peer`` in ``listen`` (it is all
+    dropped), or at ``unbind`` when no permission ever came; an allocation that only lives through
+    Allocate → Refresh(0) then never costs an event-loop registration.
     """
 
     def bind(self, transport: Transport, host: str, port: int) -> Sink | None: ...
 
     def unbind(self, transport: Transport, port: int) -> None: ...
+
+    def listen(self, transport: Transport, port: int) -> None: ...
 
 
 Transmit = tuple[Sink, bytes, Any]
@@ -235,6 +263,8 @@ class Allocation:
     active_destination: Address | None = None
     peer_connections: dict[int, PeerConnection] = field(default_factory=dict)
     dead: bool = False
+    timer: int = 0  # its live entry in the expiry heap (TurnServer._schedule)
+    listening: bool = False  # RelayBinder.listen called (at the first permission)
 
 
 @dataclass(slots=True)
@@ -351,10 +381,15 @@ class TurnServer:
         self._allocations: dict[object, Allocation] = {}
         self._by_relay: dict[tuple[Transport, int], Allocation] = {}
         self._per_user: dict[str, int] = {}
-        self._expiry_heap: list[tuple[float, int, Allocation]] = []
+        self._expiry_heap: list[tuple[float, int]] = []  # (expires, schedule number)
+        self._scheduled: dict[int, Allocation] = {}  # schedule number -> allocation, for live entries only
         self._seq = 0
         self._keys: dict[tuple[Any, ...], bytes] = {}
         self._xored_hosts: dict[str, bytes] = {}  # IPv4 host -> address XOR cookie (Binding fast path)
+        self._nonce_by_host: dict[str, tuple[int, str]] = {}  # host -> (expiry, nonce) last handed out
+        self._good_nonces: dict[tuple[str, str], int] = {}  # (nonce, host) with a valid MAC -> expiry
+        self._challenges: dict[tuple[str, int], tuple[int, bytes]] = {}  # (host, method) -> (expiry, 401)
+        self.fast_path = True  # RFC 8656 Allocate/Refresh without a Message (tests switch it off to compare)
         self._cache: dict[tuple[object, bytes], bytes] = {}
         self._cache_order: deque[tuple[float, tuple[object, bytes]]] = deque()
         self._streams: dict[Sink, _Stream] = {}
@@ -415,7 +450,7 @@ class TurnServer:
     def get_timer(self) -> float | None:
         """When ``handle_timer`` has something to do next (None: nothing pending)."""
         heap = self._expiry_heap
-        while heap and (heap[0][2].dead or heap[0][2].expires != heap[0][0]):
+        while heap and heap[0][1] not in self._scheduled:
             heapq.heappop(heap)
         candidates = [heap[0][0]] if heap else []
         if self._cache_order:
@@ -431,8 +466,15 @@ class TurnServer:
         """Expire allocations, cached responses, unbound peer connections and port lingering."""
         heap = self._expiry_heap
         while heap and heap[0][0] <= now:
-            expires, _, alloc = heapq.heappop(heap)
-            if not alloc.dead and alloc.expires == expires:
+            expires, seq = heapq.heappop(heap)
+            alloc = self._scheduled.get(seq)
+            if alloc is None:
+                continue  # refreshed (a newer entry exists) or deleted
+            if alloc.expires != expires:
+                heapq.heappush(heap, (alloc.expires, seq))  # moved without _schedule: keep it on time
+                continue
+            del self._scheduled[seq]
+            if not alloc.dead:
                 self.metrics.allocations_expired += 1
                 self._delete(alloc, now)  # RFC 8656 §7: the allocation is deleted when its lifetime ends
         self._evict_cache(now)
@@ -472,9 +514,17 @@ class TurnServer:
             self.metrics.relayed_to_peer += 1
             self.metrics.bytes_to_peer += length
             return
-        if self.udp_sink is None:
+        sink = self.udp_sink
+        if sink is None:
             raise RuntimeError("udp_sink is not set")
-        self._receive_message(data, client, client, self.udp_sink, None, now)
+        if first == 0 and len(data) == 20 and data[1] == 1 and data[4:8] == stun.MAGIC_COOKIE_BYTES:
+            # A bare Binding request (RFC 8489 §7.3), the common keep-alive/ICE case, unless an MS-TURN
+            # 5-tuple may forward it end to end (see _receive_message).
+            alloc = self._allocations.get(client)
+            if alloc is None or not alloc.ms:
+                self._binding(data, client, sink, now)
+                return
+        self._receive_message(data, client, client, sink, None, now)
 
     # ================================================================== TCP listener
 
@@ -707,6 +757,15 @@ class TurnServer:
         if alloc is not None and not alloc.ms and is_ms:
             self.metrics.dropped += 1  # the 5-tuple speaks RFC TURN: an MS-TURN message is foreign
             return
+        if (
+            not is_ms
+            and data[0] == 0
+            and (data[1] == _ALLOCATE_REQUEST or data[1] == _REFRESH_REQUEST)
+            and (stream is None or stream.ms_framer is None)
+            and self.fast_path
+            and self._fast_turn_request(data, conn, client, sink, stream, now)
+        ):
+            return
         try:
             msg = msturn.parse(data) if is_ms else turn.parse(data)
         except MalformedMessage as exc:
@@ -727,12 +786,7 @@ class TurnServer:
         self.metrics.bindings += 1
         host = client[0]
         if len(data) == 20 and data[4:8] == stun.MAGIC_COOKIE_BYTES and ":" not in host:
-            xaddr = self._xored_hosts.get(host)
-            if xaddr is None:
-                if len(self._xored_hosts) > 65536:
-                    self._xored_hosts.clear()
-                packed = ipaddress.IPv4Address(host).packed
-                xaddr = self._xored_hosts[host] = (int.from_bytes(packed, "big") ^ _COOKIE_INT).to_bytes(4, "big")
+            xaddr = self._xored_hosts.get(host) or self._xor_host(host)
             port = (client[1] ^ _COOKIE_PORT).to_bytes(2, "big")
             self.transmits.append((sink, _BINDING_SUCCESS + data[4:20] + _XMA_V4_HEAD + port + xaddr, client))
             return
@@ -749,6 +803,166 @@ class TurnServer:
         else:
             resp = stun.success_response(msg, attr(stun.XOR_MAPPED_ADDRESS, _addr(client)))
         self.transmits.append((sink, resp.serialize(fingerprint=msg.has(stun.FINGERPRINT)), client))
+
+    def _xor_host(self, host: str) -> bytes:
+        """An IPv4 address XOR the magic cookie (RFC 8489 §14.2), cached per host."""
+        if len(self._xored_hosts) > 65536:
+            self._xored_hosts.clear()
+        packed = ipaddress.IPv4Address(host).packed
+        xaddr = self._xored_hosts[host] = (int.from_bytes(packed, "big") ^ _COOKIE_INT).to_bytes(4, "big")
+        return xaddr
+
+    def _xor_address_attribute(self, code: int, host: str, port: int, xor_key: bytes) -> bytes:
+        """One XOR-*-ADDRESS attribute, header included, as ``stun.encode_xor_address`` writes it."""
+        if ":" in host:
+            value = stun.encode_xor_address(Address(host, port), xor_key)
+            return _CD.pack(code, len(value)) + value
+        xaddr = self._xored_hosts.get(host) or self._xor_host(host)
+        return _CD.pack(code, 8) + b"\x00\x01" + (port ^ _COOKIE_PORT).to_bytes(2, "big") + xaddr
+
+    # ---------------------------------------------------------------- RFC 8656 Allocate/Refresh fast path
+
+    def _fast_turn_request(
+        self, data: bytes, conn: object, client: Any, sink: Sink, stream: _Stream | None, now: float
+    ) -> bool:
+        """Answer an RFC 8656 Allocate or Refresh request from its bytes; False: take the generic path.
+
+        Handles what a TURN client does on every allocation, exactly as the generic pipeline answers it:
+        the 401 to an unsigned request, Allocate of a UDP relay, Refresh and Refresh(0). It reads only the
+        attributes in ``_FAST_ATTRIBUTES``, and everything up to the answer has no side effect, so any
+        other request (another attribute, a duplicate, a stale nonce, a wrong key, 437, 441, TCP relay,
+        ...) goes to the generic path as if this had not run. tests/av/test_fast_path.py compares both.
+        """
+        size = len(data)
+        if size != 20 + ((data[2] << 8) | data[3]) or size & 3:
+            return False
+        found: dict[int, tuple[int, int]] = {}  # code -> (value offset, value length)
+        table = _FAST_ATTRIBUTES
+        pos = 20
+        while pos < size:
+            code, length = _CD.unpack_from(data, pos)
+            want = table.get(code)
+            end = pos + 4 + ((length + 3) & ~3)
+            if want is None or (want != length and want != _FAST_TEXT) or code in found or end > size:
+                return False
+            found[code] = (pos + 4, length)
+            pos = end
+        texts: dict[int, str] = {}
+        try:
+            for code in _FAST_TEXT_CODES:
+                at = found.get(code)
+                if at is not None:
+                    texts[code] = data[at[0] : at[0] + at[1]].decode("utf-8")
+        except UnicodeDecodeError:
+            return False  # the generic parser answers 400
+        cache_key = (conn, data[8:20])
+        cached = self._cache.get(cache_key)
+        if cached is not None:
+            # RFC 8489 §6.3.1: a retransmission gets the same answer.
+            self.metrics.requests += 1
+            self.metrics.cache_hits += 1
+            self.transmits.append((sink, cached, client))
+            return True
+        mi = found.get(stun.MESSAGE_INTEGRITY.code)
+        if mi is None:
+            self.metrics.requests += 1
+            self._count_error(401)
+            # RFC 8489 §9.2.4: no MESSAGE-INTEGRITY: 401 with REALM and NONCE.
+            self.transmits.append((sink, self._challenge_bytes(data, client[0], now), client))
+            return True
+        username = texts.get(stun.USERNAME.code)
+        realm = texts.get(stun.REALM.code)
+        nonce = texts.get(stun.NONCE.code)
+        if (
+            username is None
+            or realm is None
+            or nonce is None
+            or realm != self.config.realm
+            or not self._nonce_valid(nonce, client[0], now)
+        ):
+            return False
+        password = self.credentials.password_for(username, now)
+        if password is None:
+            return False
+        key = self._key(False, None, username, realm, password, nonce)
+        mi_at = mi[0] - 4
+        # RFC 8489 §14.5: HMAC over the message up to MESSAGE-INTEGRITY, length field ending just after it.
+        signed = data[:2] + (mi_at + 24 - 20).to_bytes(2, "big") + data[4:mi_at]
+        if not hmac.compare_digest(stun.hmac_digest(key, signed, "sha1"), data[mi[0] : mi[0] + 20]):
+            return False  # RFC 8489 §9.2.4: the generic path answers the 401
+        lifetime_at = found.get(turn.LIFETIME.code)
+        requested = int.from_bytes(data[lifetime_at[0] : lifetime_at[0] + 4], "big") if lifetime_at else None
+        method = data[1]
+        if method == _ALLOCATE_REQUEST:
+            transport_at = found.get(turn.REQUESTED_TRANSPORT.code)
+            if conn in self._allocations or transport_at is None or data[transport_at[0]] != TransportProtocol.UDP:
+                return False  # 437, 400, TCP relay, 442: the generic path
+            self.metrics.requests += 1
+            client_address = _addr(client)
+            req = _Request(
+                Message(TurnMethod.ALLOCATE, MessageClass.REQUEST, data[8:20], (), turn.RFC, data),
+                conn, client_address, sink, stream, False, _Auth(username, key),
+            )
+            lifetime = self._lifetime(requested)
+            try:
+                alloc = self._create(req, "udp", now, lifetime)
+            except _Reply as reply:
+                req.msg = turn.parse(data)  # quota or no port: the generic error answer
+                self._reply_error(req, reply, now)
+                return True
+            xor_key = data[4:20]
+            public = alloc.public
+            body = self._xor_address_attribute(turn.XOR_RELAYED_ADDRESS.code, public.host, public.port, xor_key)
+            body += b"\x00\x0d\x00\x04" + lifetime.to_bytes(4, "big")
+            token = alloc.lease.reservation_token
+            if token is not None:
+                body += b"\x00\x22\x00\x08" + token
+            # RFC 8656 §7.3: the client's reflexive address.
+            body += self._xor_address_attribute(stun.XOR_MAPPED_ADDRESS.code, client_address.host,
+                                                client_address.port, xor_key)
+        else:
+            alloc_ = self._allocations.get(conn)
+            if alloc_ is None or alloc_.dead or alloc_.username != username:
+                return False  # 437 / 441: the generic path
+            self.metrics.requests += 1
+            if requested == 0:
+                self._delete(alloc_, now)  # RFC 8656 §8: LIFETIME 0 deletes
+                lifetime = 0
+            else:
+                lifetime = self._lifetime(requested)
+                alloc_.expires = now + lifetime
+                self._schedule(alloc_)
+            body = b"\x00\x0d\x00\x04" + lifetime.to_bytes(4, "big")
+        head = _CD.pack(method | _SUCCESS_BIT, len(body) + 24) + data[4:20]
+        signed_body = head + body
+        out = signed_body + _MI_HEAD + stun.hmac_digest(key, signed_body, "sha1")
+        self._cache_put(cache_key, out, now)
+        self.transmits.append((sink, out, client))
+        return True
+
+    def _challenge_bytes(self, data: bytes, host: str, now: float) -> bytes:
+        """The 401 to an unsigned RFC 8656 request: built once per host and nonce second, then spliced."""
+        expiry = int(now + self.config.nonce_lifetime)
+        method = data[1]
+        cached = self._challenges.get((host, method))
+        if cached is None or cached[0] != expiry:
+            nonce = self._make_nonce(host, now)
+            template = Message(
+                method,
+                MessageClass.ERROR,
+                bytes(12),
+                (
+                    Attribute(stun.AttrType.ERROR_CODE, stun.ErrorCode(401, REASONS[401])),
+                    attr(stun.REALM, self.config.realm),
+                    attr(stun.NONCE, nonce),
+                ),
+                turn.RFC,
+            ).serialize()
+            if len(self._challenges) >= _NONCE_CACHE_SIZE:
+                self._challenges.clear()
+            cached = self._challenges[(host, method)] = (expiry, template)
+        template = cached[1]
+        return template[:4] + data[4:20] + template[20:]
 
     def _send_bare_error(
         self, dialect: stun.Dialect, data: bytes, tid: bytes, code: int, client: Any, sink: Sink, ms: bool
@@ -815,19 +1029,33 @@ class TurnServer:
 
     def _make_nonce(self, host: str, now: float) -> str:
         expiry = int(now + self.config.nonce_lifetime)
-        mac = hmac.digest(self._secret, f"{expiry:x}/{host}".encode(), "sha1").hex()[:16]
-        return f"{expiry:x}-{mac}"
+        last = self._nonce_by_host.get(host)
+        if last is not None and last[0] == expiry:
+            return last[1]  # same host, same second: the same nonce (it is a function of both)
+        mac = stun.hmac_digest(self._secret, f"{expiry:x}/{host}".encode(), "sha1").hex()[:16]
+        nonce = f"{expiry:x}-{mac}"
+        if len(self._nonce_by_host) >= _NONCE_CACHE_SIZE:
+            self._nonce_by_host.clear()
+        self._nonce_by_host[host] = (expiry, nonce)
+        return nonce
 
     def _nonce_valid(self, nonce: str, host: str, now: float) -> bool:
-        stamp, sep, mac = nonce.partition("-")
-        if not sep or len(mac) != 16:
-            return False
-        try:
-            expiry = int(stamp, 16)
-        except ValueError:
-            return False
-        good = hmac.digest(self._secret, f"{stamp}/{host}".encode(), "sha1").hex()[:16]
-        return hmac.compare_digest(good, mac) and expiry > now
+        expiry = self._good_nonces.get((nonce, host))
+        if expiry is None:
+            stamp, sep, mac = nonce.partition("-")
+            if not sep or len(mac) != 16:
+                return False
+            try:
+                expiry = int(stamp, 16)
+            except ValueError:
+                return False
+            good = stun.hmac_digest(self._secret, f"{stamp}/{host}".encode(), "sha1").hex()[:16]
+            if not hmac.compare_digest(good, mac):
+                return False
+            if len(self._good_nonces) >= _NONCE_CACHE_SIZE:
+                self._good_nonces.clear()
+            self._good_nonces[(nonce, host)] = expiry  # ours and untampered: only the expiry is left to check
+        return expiry > now
 
     def _challenge(self, req: _Request, code: int, now: float) -> _Reply:
         """401/438 with REALM and a fresh NONCE (RFC 8489 §9.2.4); MS-TURN adds ALTERNATE-SERVER."""
@@ -961,6 +1189,9 @@ class TurnServer:
         return alloc
 
     def _permit(self, alloc: Allocation, host: str, now: float) -> None:
+        if not alloc.listening:
+            alloc.listening = True
+            self.relays.listen(alloc.transport, alloc.lease.port)  # before the first permission (RelayBinder)
         alloc.permissions[host] = now + self.config.permission_lifetime  # RFC 8656 §9: 300 s
 
     # ---------------------------------------------------------------- allocation lifecycle
@@ -1030,13 +1261,22 @@ class TurnServer:
         return alloc
 
     def _schedule(self, alloc: Allocation) -> None:
+        scheduled = self._scheduled
+        scheduled.pop(alloc.timer, None)
         self._seq += 1
-        heapq.heappush(self._expiry_heap, (alloc.expires, self._seq, alloc))
+        alloc.timer = self._seq
+        scheduled[self._seq] = alloc
+        heap = self._expiry_heap
+        if len(heap) > 2 * len(scheduled) + 1024:  # mostly stale entries: rebuild from the live ones
+            heap[:] = [(a.expires, seq) for seq, a in scheduled.items() if seq != self._seq]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (alloc.expires, self._seq))
 
     def _delete(self, alloc: Allocation, now: float) -> None:
         if alloc.dead:
             return
         alloc.dead = True
+        self._scheduled.pop(alloc.timer, None)
         self._allocations.pop(alloc.key, None)
         self._by_relay.pop((alloc.transport, alloc.lease.port), None)
         left = self._per_user.get(alloc.username, 1) - 1

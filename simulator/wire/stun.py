@@ -685,11 +685,45 @@ def _encode_attributes(out: bytearray, attrs: Iterable[Attribute], dialect: Dial
         out += pad
 
 
+_HMAC_BLOCK = 64  # SHA-1 and SHA-256 block size (RFC 2104 B)
+_HMAC_PADS_LIMIT = 4096
+_hmac_pads: dict[tuple[bytes, str], tuple[Any, Any]] = {}
+
+
+def hmac_digest(key: bytes, data: bytes, digest: str) -> bytes:
+    """``hmac.digest(key, data, digest)`` for ``"sha1"``/``"sha256"``, with the key's pads computed once.
+
+    RFC 2104: H((K ^ opad) || H((K ^ ipad) || data)). The two keyed hash states are cached per key (a
+    server signs with a handful of long-term keys), so a MAC costs two hash copies and two short updates
+    instead of a fresh HMAC set-up: about half of ``hmac.digest`` for STUN-sized messages.
+    """
+    if type(key) is not bytes:
+        key = bytes(key)
+    pads = _hmac_pads.get((key, digest))
+    if pads is None:
+        new = hashlib.sha1 if digest == "sha1" else hashlib.sha256 if digest == "sha256" else None
+        if new is None:
+            return hmac.digest(key, data, digest)
+        block = new(key).digest() if len(key) > _HMAC_BLOCK else key
+        block = block.ljust(_HMAC_BLOCK, b"\x00")
+        inner = new(bytes(b ^ 0x36 for b in block))
+        outer = new(bytes(b ^ 0x5C for b in block))
+        if len(_hmac_pads) >= _HMAC_PADS_LIMIT:
+            _hmac_pads.clear()
+        pads = _hmac_pads[(key, digest)] = (inner, outer)
+    inner = pads[0].copy()
+    inner.update(data)
+    outer = pads[1].copy()
+    outer.update(inner.digest())
+    result: bytes = outer.digest()
+    return result
+
+
 def _mac(scheme: IntegrityScheme, key: bytes, signed: bytes) -> bytes:
     if scheme.pad_to_64:
         # RFC 3489 §11.2.8 / MS-TURN: HMAC input zero-padded to a multiple of 64 bytes.
         signed = signed + bytes(-len(signed) % 64)
-    return hmac.digest(key, signed, scheme.digest)[: scheme.size]  # one-shot: OpenSSL's fast path
+    return hmac_digest(key, signed, scheme.digest)[: scheme.size]
 
 
 # --------------------------------------------------------------------------------------------

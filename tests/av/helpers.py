@@ -48,6 +48,7 @@ class FakeBinder:
     def __init__(self, refuse: set[int] | None = None) -> None:
         self.refuse = refuse or set()
         self.bound: dict[tuple[str, int], FakeSink] = {}
+        self.listening: set[tuple[str, int]] = set()
 
     def bind(self, transport: Transport, host: str, port: int) -> FakeSink | None:
         assert host == PRIVATE, "relay sockets bind the private address"
@@ -59,6 +60,11 @@ class FakeBinder:
 
     def unbind(self, transport: Transport, port: int) -> None:
         del self.bound[(transport, port)]
+        self.listening.discard((transport, port))
+
+    def listen(self, transport: Transport, port: int) -> None:
+        assert (transport, port) in self.bound and (transport, port) not in self.listening
+        self.listening.add((transport, port))
 
 
 @dataclass

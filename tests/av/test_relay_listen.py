@@ -1,0 +1,89 @@
+"""Relay sockets are attached to the loop at the allocation's first permission (RelayBinder.listen).
+
+What a peer sends before that is dropped, counted, and never relayed, exactly as when the socket was read
+on arrival: at ``listen`` (then the permission goes in) or at close when no permission ever came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from simulator.wire import turn
+from simulator.wire.stun import Address, MessageClass, attr
+from simulator.wire.turn import TurnMethod
+from tests.av.helpers import RfcClient, error_code, make_harness
+from tests.av.test_av_edge import CLIENT_HOST, HOST, PEER_HOST, Collector, edge, udp
+
+UDP = attr(turn.REQUESTED_TRANSPORT, 17)
+
+
+async def _allocate(ct: asyncio.DatagramTransport, client: Collector, c: RfcClient, target: tuple[str, int]) -> Address:
+    ct.sendto(c.request(TurnMethod.ALLOCATE, UDP, auth=False), target)
+    assert error_code(c.learn((await client.get())[0])) == 401
+    ct.sendto(c.request(TurnMethod.ALLOCATE, UDP), target)
+    relay = c.learn((await client.get())[0]).get(turn.XOR_RELAYED_ADDRESS)
+    assert relay is not None
+    return relay
+
+
+async def test_peer_data_before_the_first_permission_is_dropped_then_relayed_after() -> None:
+    async with edge(public=HOST) as server:
+        assert server.udp_address is not None
+        target = (server.udp_address.host, server.udp_address.port)
+        client = Collector()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind((PEER_HOST, 0))
+            peer.setblocking(False)
+            async with udp(client, CLIENT_HOST) as ct:
+                c = RfcClient(username="alice", password="s3cret")
+                relay = await _allocate(ct, client, c, target)
+                for i in range(5):  # nobody has a permission: these must never reach the client
+                    peer.sendto(b"early %d" % i, tuple(relay))
+                await asyncio.sleep(0.05)
+                assert server.metrics()["dropped"] == 0  # queued in the kernel, not read yet
+                ct.sendto(c.request(TurnMethod.CHANNEL_BIND, attr(turn.CHANNEL_NUMBER, 0x4000),
+                                    attr(turn.XOR_PEER_ADDRESS, Address(*peer.getsockname()))), target)
+                assert c.learn((await client.get())[0]).cls == MessageClass.SUCCESS
+                assert server.metrics()["dropped"] == 5  # read at listen, before the permission went in
+                await asyncio.sleep(0.02)  # the relay is attached to the loop now
+                peer.sendto(b"late", tuple(relay))
+                data, _ = await client.get()
+                assert turn.decode_channel_data(data) == (0x4000, b"late")
+                assert client.queue.empty()
+
+
+async def test_peer_data_to_an_allocation_that_never_had_a_permission_is_counted_at_close() -> None:
+    async with edge(public=HOST) as server:
+        assert server.udp_address is not None
+        target = (server.udp_address.host, server.udp_address.port)
+        client = Collector()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind((PEER_HOST, 0))
+            async with udp(client, CLIENT_HOST) as ct:
+                c = RfcClient(username="alice", password="s3cret")
+                relay = await _allocate(ct, client, c, target)
+                assert server._binder.relays[("udp", relay.port)].task is None  # not attached
+                for i in range(3):
+                    peer.sendto(b"early %d" % i, tuple(relay))
+                await asyncio.sleep(0.05)
+                ct.sendto(c.request(TurnMethod.REFRESH, attr(turn.LIFETIME, 0)), target)
+                assert c.learn((await client.get())[0]).get(turn.LIFETIME) == 0
+                metrics = server.metrics()
+                assert metrics["dropped"] == 3 and metrics["relay_sockets"] == 0
+                assert client.queue.empty()
+
+
+def test_core_calls_listen_once_at_the_first_permission_and_never_without_one() -> None:
+    h = make_harness()
+    c = RfcClient()
+    [challenge] = h.to_client(c.request(TurnMethod.ALLOCATE, UDP, auth=False))
+    c.learn(challenge)
+    [ok] = h.to_client(c.request(TurnMethod.ALLOCATE, UDP))
+    port = c.learn(ok).get(turn.XOR_RELAYED_ADDRESS).port  # type: ignore[union-attr]
+    assert h.binder.listening == set()
+    for peer in (Address("192.0.2.1", 1000), Address("192.0.2.2", 1000)):
+        h.to_client(c.request(TurnMethod.CREATE_PERMISSION, attr(turn.XOR_PEER_ADDRESS, peer)))
+        assert h.binder.listening == {("udp", port)}  # FakeBinder asserts it is called once
+    h.to_client(c.request(TurnMethod.REFRESH, attr(turn.LIFETIME, 0)))
+    assert h.binder.listening == set()
