@@ -262,12 +262,10 @@ class AccessEdge:
             await self._reply(connection, request, 504, f"cannot reach the next hop {hop.server_name}: {error}",
                               reason, code=1008)
             return
-        request = SipRequest(request.method, request.uri, request.headers.remove(TRUST_HEADER), request.body,
-                             request.version)
         record = self._record_route(connection) if request.method in DIALOG_CREATING else None
         await self.forwarder.forward(connection, request, outbound, record_route=record,
                                      pop_route=our_route is not None, on_final=on_final,
-                                     extra=((TRUST_HEADER, trust),))
+                                     extra=((TRUST_HEADER, trust),), strip=TRUST_HEADER)
 
     async def _from_inside(self, connection: SipConnection, request: SipRequest, our_route: SipUri | None,
                            uri: SipUri) -> None:

@@ -4,7 +4,9 @@
   answers CRLFCRLF keepalives, and turns a malformed request into the codec's status (400, 413, 505 …)
   built from whatever mandatory headers could be salvaged (RFC 3261 §8.2.6 needs Via, From, To, Call-ID,
   CSeq); a request without a Via cannot be answered and is dropped. Every malformed message is counted.
-  When framing itself is lost the connection is closed.
+  When framing itself is lost the connection is closed. Writes made during one turn of the event loop
+  are queued and leave together early in the next (one TLS record, one ``send``), in order; ``close``
+  flushes first.
 * :class:`SipTlsListener` accepts TCP and runs the server side of TLS through
   :class:`~simulator.net.tlsstream.TlsStream`, so a refused client certificate sends its alert and is
   counted by reason; an authenticated peer whose certificate names none of ``allowed_peers`` is refused
@@ -89,20 +91,41 @@ class SipConnection:
         self.authenticated: set[str] = set()  # AORs a registrar accepted on this flow (Access Edge)
         self._framer = SipStreamFramer()
         self._raw = bytearray()
-        self._write_lock = asyncio.Lock()
+        # Writes made in one turn of the event loop leave together (one TLS record, one send) in the next.
+        self._outgoing: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
 
     async def send(self, message: SipMessage) -> None:
         await self.send_bytes(message.encode())
 
     async def send_bytes(self, data: bytes) -> None:
+        """Queue ``data``; it is written, in order, by a callback in the event loop's next turn. Waits while the
+        stream is paused; raises (as the stream's ``drain`` does) when the connection is lost.
+        """
         if self.closed:
             raise ConnectionResetError(f"connection {self.id} to {self.peer} is closed")
-        async with self._write_lock:
+        self._outgoing.append(data)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+        await self.stream.drain()
+
+    def flush(self) -> None:
+        """Write what ``send_bytes`` queued now (also done by ``close`` and by the scheduled callback)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self._outgoing:
+            return
+        outgoing = self._outgoing
+        data = outgoing[0] if len(outgoing) == 1 else b"".join(outgoing)
+        outgoing.clear()
+        # A broken stream fails the sender's drain(); nothing may escape into the event loop from here.
+        with contextlib.suppress(OSError, ssl.SSLError, ValueError, RuntimeError):
             self.stream.write(data)
-            await self.stream.drain()
 
     async def close(self) -> None:
         if not self.closed:
+            self.flush()
             self.closed = True
             await self.stream.close()
 
@@ -135,7 +158,7 @@ class SipConnection:
                     continue
                 if event is None:
                     break
-                self._take()
+                self._take(keep=False)
                 if isinstance(event, KeepalivePing):
                     self.keepalives += 1
                     with contextlib.suppress(OSError, ssl.SSLError):
@@ -144,10 +167,10 @@ class SipConnection:
                 if isinstance(event, SipRequest | SipResponse):
                     yield event
 
-    def _take(self) -> bytes:
+    def _take(self, keep: bool = True) -> bytes:
         """The raw bytes of the event the framer just produced (what it consumed since the last one)."""
         consumed = max(0, len(self._raw) - self._framer.buffered)
-        data = bytes(self._raw[:consumed])
+        data = bytes(self._raw[:consumed]) if keep else b""
         del self._raw[:consumed]
         return data
 
@@ -188,6 +211,7 @@ class SipTlsListener(TlsListener):
         finally:
             self.connections.discard(connection)
             self._malformed_closed += connection.malformed
+            connection.flush()  # before the listener closes the stream
             connection.closed = True
 
 

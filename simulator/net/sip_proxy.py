@@ -54,11 +54,17 @@ class SipForwarder:
 
     async def forward(self, inbound: SipConnection, request: SipRequest, outbound: SipConnection, *,
                       record_route: str | None = None, pop_route: bool = False,
-                      on_final: FinalCallback | None = None, extra: tuple[tuple[str, str], ...] = ()) -> None:
-        """Send ``request`` on ``outbound`` as a proxy (RFC 3261 §16.6); raises OSError if it cannot."""
+                      on_final: FinalCallback | None = None, extra: tuple[tuple[str, str], ...] = (),
+                      strip: str | None = None) -> None:
+        """Send ``request`` on ``outbound`` as a proxy (RFC 3261 §16.6); raises OSError if it cannot.
+
+        ``strip`` names a header removed from the forwarded copy (before ``extra`` is appended).
+        """
         branch = new_branch(self._rng)
         host, port = outbound.local
         headers = request.headers
+        if strip is not None:
+            headers = headers.remove(strip)
         if pop_route:
             headers = headers.remove_first("route")  # §16.4: our own Route entry
         max_forwards = headers.get("max-forwards")
@@ -155,6 +161,9 @@ class OutboundConnections:
                   timeout: float) -> SipConnection:
         """The open connection to (host, port, name), or a new one (errors propagate, unclassified)."""
         key = (host, port, server_name)
+        connection = self._connections.get(key)
+        if connection is not None and not connection.closed and not self._locks[key].locked():
+            return connection  # the common case: no lock to take
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             connection = self._connections.get(key)

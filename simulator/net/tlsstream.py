@@ -84,12 +84,28 @@ class TlsStream:
                 self._eof = True
                 return False
             self._buffer += chunk
+            self._decrypt_ready()
             return True
+
+    def _decrypt_ready(self) -> None:
+        """Decrypt every whole record already received, so one read hands the caller all of them."""
+        while self._incoming.pending and len(self._buffer) < READ_SIZE:
+            try:
+                chunk = self._tls.read(READ_SIZE)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                return  # a partial record, or close_notify: the next _read_some deals with it
+            if not chunk:
+                return
+            self._buffer += chunk
 
     async def read(self, limit: int = READ_SIZE) -> bytes:
         """Up to ``limit`` bytes of application data; b"" at end of stream."""
         if not self._buffer and not self._eof:
             await self._read_some()
+        if len(self._buffer) <= limit:
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            return data
         data = bytes(self._buffer[:limit])
         del self._buffer[:limit]
         return data

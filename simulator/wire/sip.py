@@ -7,6 +7,10 @@ A message is a frozen :class:`SipRequest` or :class:`SipResponse`: the start lin
 the head is split at the bytes level, only the mandatory headers (Via, From, To, Call-ID, CSeq) and the
 Request-URI are checked when the message is built; everything else (Contact, Route, Supported, …) is
 parsed on demand by the typed views :class:`SipUri`, :class:`NameAddr`, :class:`Via` and :class:`CSeq`.
+The head is decoded once and split as text; anything unusual (non-UTF-8, folded lines, stray CR/LF/NUL, a
+refused value) is parsed again by the line-by-line reference path, which decides the outcome and reports
+the first fault in order. The views the checks parsed are kept on the message; :class:`Headers` carries
+each line's lookup key; the view parsers are LRU-cached (their values are immutable).
 
 Two entry points take bytes from the wire:
 
@@ -27,9 +31,9 @@ import dataclasses
 import random
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from simulator.wire.errors import MalformedMessage
 
@@ -205,10 +209,53 @@ def canonical_name(name: str) -> str:
     return CANONICAL_NAMES.get(key) or "-".join(part.capitalize() for part in key.split("-"))
 
 
+# split_unquoted() visits only the characters that matter: quote, backslash, separator, angle brackets.
+_SPLIT_SPECIALS: dict[tuple[str, bool], re.Pattern[str]] = {}
+
+
 def split_unquoted(text: str, sep: str, *, angle: bool = False) -> list[str]:
     """Split on ``sep`` outside quoted strings (and outside ``<…>`` when ``angle``)."""
     if '"' not in text and not (angle and "<" in text):
         return text.split(sep)
+    if len(sep) != 1 or sep in '"\\<>':
+        return _split_unquoted_scan(text, sep, angle)
+    pattern = _SPLIT_SPECIALS.get((sep, angle))
+    if pattern is None:
+        chars = '"\\' + sep + ("<>" if angle else "")
+        pattern = _SPLIT_SPECIALS[(sep, angle)] = re.compile("[" + "".join(map(re.escape, chars)) + "]")
+    parts: list[str] = []
+    start = 0
+    in_quotes = False
+    depth = 0
+    skip = 0
+    for match in pattern.finditer(text):
+        i = match.start()
+        if i < skip:
+            continue
+        ch = text[i]
+        if in_quotes:
+            if ch == "\\":  # RFC 3261 §25.1 quoted-pair
+                skip = i + 2
+            elif ch == '"':
+                in_quotes = False
+        elif ch == '"':
+            in_quotes = True
+        elif ch == "<":
+            depth += 1
+        elif ch == ">":
+            if depth:
+                depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if in_quotes:
+        raise _bad("unterminated quoted string")
+    parts.append(text[start:])
+    return parts
+
+
+def _split_unquoted_scan(text: str, sep: str, angle: bool) -> list[str]:
+    """:func:`split_unquoted` one character at a time (any separator)."""
     parts: list[str] = []
     start = 0
     in_quotes = False
@@ -378,6 +425,7 @@ class AbsoluteUri:
 Uri: TypeAlias = SipUri | AbsoluteUri
 
 
+@lru_cache(maxsize=4096)  # URIs repeat (domains, users, hops); the values are immutable, errors not cached
 def parse_uri(text: str) -> Uri:
     """Parse a URI; ``sip``/``sips`` into :class:`SipUri`, anything else into :class:`AbsoluteUri`."""
     scheme, colon, rest = text.partition(":")
@@ -471,6 +519,7 @@ class NameAddr:
         return self.uri
 
 
+@lru_cache(maxsize=4096)  # a From/To/Route value is parsed again at every hop and in the response
 def parse_name_addr(value: str) -> NameAddr:
     """Parse one From/To/Contact/Route value."""
     text = value.strip(" \t")
@@ -563,6 +612,7 @@ class Via:
         return self.transport.upper() != "UDP"
 
 
+@lru_cache(maxsize=4096)  # a proxy's own Via comes back, unchanged, at the top of the response
 def parse_via(value: str) -> Via:
     """Parse one Via value."""
     match = _VIA_PROTOCOL.match(value)
@@ -587,6 +637,7 @@ class CSeq:
         return f"{self.seq} {self.method}"
 
 
+@lru_cache(maxsize=1024)
 def parse_cseq(value: str) -> CSeq:
     """Parse a CSeq value; the number must be below 2**31 (RFC 3261 §8.1.1.5)."""
     number, _, method = value.strip(" \t").partition(" ")
@@ -604,6 +655,23 @@ class Headers:
     """Ordered, immutable header list; lookups ignore case and accept compact forms (RFC 3261 §7.3)."""
 
     items: tuple[tuple[str, str], ...] = ()
+    # header_key() of every item, computed once (by the parser, or on the first lookup); never compared.
+    _keys: tuple[str, ...] | None = field(default=None, init=False, repr=False, compare=False, hash=False)
+
+    @classmethod
+    def _keyed(cls, items: tuple[tuple[str, str], ...], keys: tuple[str, ...]) -> Headers:
+        headers = cls(items)
+        object.__setattr__(headers, "_keys", keys)
+        return headers
+
+    @property
+    def lookup_keys(self) -> tuple[str, ...]:
+        """:func:`header_key` of every line's name, in order."""
+        keys = self._keys
+        if keys is None:
+            keys = tuple([header_key(n) for n, _ in self.items])
+            object.__setattr__(self, "_keys", keys)
+        return keys
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self.items)
@@ -614,21 +682,20 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = header_key(name)
-        return any(header_key(n) == key for n, _ in self.items)
+        return header_key(name) in self.lookup_keys
 
     def get(self, name: str) -> str | None:
         """First value of ``name`` (the whole line's value), ``None`` when absent."""
         key = header_key(name)
-        for n, v in self.items:
-            if header_key(n) == key:
-                return v
-        return None
+        keys = self.lookup_keys
+        if key not in keys:
+            return None
+        return self.items[keys.index(key)][1]
 
     def get_all(self, name: str) -> list[str]:
         """Every line's value for ``name``, in order."""
         key = header_key(name)
-        return [v for n, v in self.items if header_key(n) == key]
+        return [item[1] for k, item in zip(self.lookup_keys, self.items, strict=True) if k == key]
 
     def values(self, name: str) -> list[str]:
         """Every value of ``name``, comma-separated lines split for list headers (RFC 3261 §7.3.1)."""
@@ -638,52 +705,71 @@ class Headers:
             return lines
         out: list[str] = []
         for line in lines:
+            if "," not in line and '"' not in line:  # one value: what split_unquoted would give
+                value = line.strip(" \t")
+                if value:
+                    out.append(value)
+                continue
             out.extend(v.strip(" \t") for v in split_unquoted(line, ",", angle=True) if v.strip(" \t"))
         return out
 
     def add(self, name: str, value: str) -> Headers:
         """Copy with ``name: value`` appended."""
-        return Headers((*self.items, (name, value)))
+        return Headers._keyed((*self.items, (name, value)), (*self.lookup_keys, header_key(name)))
 
     def prepend(self, name: str, value: str) -> Headers:
         """Copy with ``name: value`` first (a proxy's own Via, RFC 3261 §16.6 step 8)."""
-        return Headers(((name, value), *self.items))
+        return Headers._keyed(((name, value), *self.items), (header_key(name), *self.lookup_keys))
 
     def remove(self, name: str) -> Headers:
         """Copy without any ``name`` line."""
         key = header_key(name)
-        return Headers(tuple(item for item in self.items if header_key(item[0]) != key))
+        keys = self.lookup_keys
+        if key not in keys:
+            return self
+        kept = [(k, item) for k, item in zip(keys, self.items, strict=True) if k != key]
+        return Headers._keyed(tuple(item for _, item in kept), tuple(k for k, _ in kept))
 
     def set(self, name: str, value: str) -> Headers:
         """Copy where the first ``name`` line holds ``value`` and other ``name`` lines are gone."""
         key = header_key(name)
+        keys = self.lookup_keys
+        if key not in keys:
+            return self.add(name, value)
         out: list[tuple[str, str]] = []
+        out_keys: list[str] = []
         done = False
-        for item in self.items:
-            if header_key(item[0]) != key:
+        for k, item in zip(keys, self.items, strict=True):
+            if k != key:
                 out.append(item)
+                out_keys.append(k)
             elif not done:
                 out.append((item[0], value))
+                out_keys.append(k)
                 done = True
-        if not done:
-            out.append((name, value))
-        return Headers(tuple(out))
+        return Headers._keyed(tuple(out), tuple(out_keys))
 
     def remove_first(self, name: str) -> Headers:
         """Copy without the first value of ``name`` (a proxy popping its Via or Route, RFC 3261 §16.12)."""
         key = header_key(name)
-        out: list[tuple[str, str]] = []
-        done = False
-        for n, v in self.items:
-            if not done and header_key(n) == key:
-                done = True
-                if key in LIST_HEADERS:
-                    rest = split_unquoted(v, ",", angle=True)[1:]
-                    if rest:
-                        out.append((n, ",".join(rest).strip(" \t")))
-                continue
-            out.append((n, v))
-        return Headers(tuple(out))
+        keys = self.lookup_keys
+        if key not in keys:
+            return self
+        index = keys.index(key)
+        n, v = self.items[index]
+        replacement: tuple[tuple[str, str], ...] = ()
+        replacement_key: tuple[str, ...] = ()
+        if key in LIST_HEADERS and "," in v:
+            rest = split_unquoted(v, ",", angle=True)[1:]
+            if rest:
+                replacement = ((n, ",".join(rest).strip(" \t")),)
+                replacement_key = (key,)
+        elif key in LIST_HEADERS and '"' in v:
+            split_unquoted(v, ",", angle=True)  # an unterminated quoted string still raises
+        return Headers._keyed(
+            (*self.items[:index], *replacement, *self.items[index + 1 :]),
+            (*keys[:index], *replacement_key, *keys[index + 1 :]),
+        )
 
 
 # ----------------------------------------------------------------------------------------- messages
@@ -695,6 +781,15 @@ class _MessageViews:
     __slots__ = ()
     headers: Headers
     body: bytes
+    # Parsed views (cseq, from_, to, top_via), filled by the parser's checks or on first use; never compared.
+    _views: dict[str, Any] | None
+
+    def _cache(self) -> dict[str, Any]:
+        views = self._views
+        if views is None:
+            views = {}
+            object.__setattr__(self, "_views", views)
+        return views
 
     @property
     def call_id(self) -> str:
@@ -702,15 +797,27 @@ class _MessageViews:
 
     @property
     def cseq(self) -> CSeq:
-        return parse_cseq(self.headers.get("cseq") or "")
+        views = self._cache()
+        value: CSeq | None = views.get("cseq")
+        if value is None:
+            value = views["cseq"] = parse_cseq(self.headers.get("cseq") or "")
+        return value
 
     @property
     def from_(self) -> NameAddr:
-        return parse_name_addr(self.headers.get("from") or "")
+        views = self._cache()
+        value: NameAddr | None = views.get("from")
+        if value is None:
+            value = views["from"] = parse_name_addr(self.headers.get("from") or "")
+        return value
 
     @property
     def to(self) -> NameAddr:
-        return parse_name_addr(self.headers.get("to") or "")
+        views = self._cache()
+        value: NameAddr | None = views.get("to")
+        if value is None:
+            value = views["to"] = parse_name_addr(self.headers.get("to") or "")
+        return value
 
     @property
     def vias(self) -> list[Via]:
@@ -718,10 +825,14 @@ class _MessageViews:
 
     @property
     def top_via(self) -> Via:
-        first = self.headers.values("via")
-        if not first:
-            raise _bad("missing Via")
-        return parse_via(first[0])
+        views = self._cache()
+        value: Via | None = views.get("top_via")
+        if value is None:
+            first = self.headers.values("via")
+            if not first:
+                raise _bad("missing Via")
+            value = views["top_via"] = parse_via(first[0])
+        return value
 
     @property
     def contacts(self) -> list[NameAddr]:
@@ -733,16 +844,16 @@ class _MessageViews:
         return value.split(";", 1)[0].strip(" \t").lower() if value else None
 
     def _encode(self, start_line: str) -> bytes:
-        lines = [start_line]
-        has_length = False
-        for name, value in self.headers.items:
-            if header_key(name) == "content-length":
-                has_length = True
-                value = str(len(self.body))  # never let a stale length desynchronise the stream
-            lines.append(f"{name}: {value}")
-        if not has_length:
+        headers = self.headers
+        keys = headers.lookup_keys
+        if "content-length" in keys:
+            length = str(len(self.body))  # never let a stale length desynchronise the stream
+            lines = [f"{item[0]}: {length}" if key == "content-length" else ": ".join(item)
+                     for key, item in zip(keys, headers.items, strict=True)]
+        else:
+            lines = list(map(": ".join, headers.items))
             lines.append(f"Content-Length: {len(self.body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + self.body
+        return (start_line + "\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode() + self.body
 
 
 @dataclass(frozen=True, slots=True)
@@ -754,6 +865,7 @@ class SipRequest(_MessageViews):
     headers: Headers
     body: bytes = b""
     version: str = SIP_VERSION
+    _views: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def encode(self) -> bytes:
         """Wire form; Content-Length is written (or corrected) from the body."""
@@ -771,6 +883,7 @@ class SipResponse(_MessageViews):
     headers: Headers
     body: bytes = b""
     version: str = SIP_VERSION
+    _views: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def encode(self) -> bytes:
         """Wire form; Content-Length is written (or corrected) from the body."""
@@ -801,17 +914,19 @@ StreamEvent: TypeAlias = SipRequest | SipResponse | KeepalivePing | KeepalivePon
 # ------------------------------------------------------------------------------------------ parsing
 
 
-def _content_length(lines: list[bytes]) -> int | None:
-    """Content-Length from raw header lines, or ``None`` when absent (bytes level, for framing)."""
+# A Content-Length (or compact ``l``) line of a head: everything after a line's first colon up to its CRLF.
+_CONTENT_LENGTH_LINE = re.compile(rb"\r\n[ \t]*(?:content-length|l)[ \t]*:(.*?)(?=\r\n|\Z)", re.IGNORECASE | re.DOTALL)
+
+# Header names already checked against the token grammar → their lookup key (bounded; names as received).
+_KNOWN_NAMES: dict[str, str] = {}
+_KNOWN_NAMES_MAX = 4096
+
+
+def _content_length(head: bytes) -> int | None:
+    """Content-Length from a raw head (start line + header lines), ``None`` when absent (for framing)."""
     found: int | None = None
-    for line in lines[1:]:
-        colon = line.find(b":")
-        if colon <= 0:
-            continue
-        name = line[:colon].strip(b" \t").lower()
-        if name != b"content-length" and name != b"l":
-            continue
-        value = line[colon + 1 :].strip(b" \t")
+    for match in _CONTENT_LENGTH_LINE.finditer(head):
+        value = match.group(1).strip(b" \t")
         if not value.isdigit() or len(value) > 10:  # bytes.isdigit() is ASCII-only
             raise _bad(f"bad Content-Length {value!r}")
         length = int(value)
@@ -822,6 +937,7 @@ def _content_length(lines: list[bytes]) -> int | None:
 
 
 def _decode_headers(lines: list[bytes]) -> tuple[tuple[str, str], ...]:
+    """Header lines one by one (the reference path: it finds the first fault, in order)."""
     headers: list[tuple[str, str]] = []
     for raw in lines[1:]:
         try:
@@ -854,43 +970,32 @@ def _check_version(version: str, status: int | None) -> None:
     raise _bad(f"bad version {version!r}", status)
 
 
-def _check_mandatory(headers: Headers, method: str | None) -> None:
-    # RFC 3261 §8.1.1 (and §8.2.2.3 for 400) — one pass, then parse the few the core needs.
-    present = {header_key(n) for n, _ in headers.items}
-    missing = [h for h in MANDATORY_HEADERS if h not in present]
-    if missing:
-        raise _bad(f"missing mandatory header {canonical_name(missing[0])}")
-    cseq = parse_cseq(headers.get("cseq") or "")
+def _check_mandatory(headers: Headers, method: str | None) -> dict[str, Any]:
+    """RFC 3261 §8.1.1 (and §8.2.2.3 for 400); returns the views it parsed (see ``_MessageViews``)."""
+    keys = headers.lookup_keys
+    items = headers.items
+    for name in MANDATORY_HEADERS:
+        if name not in keys:
+            raise _bad(f"missing mandatory header {canonical_name(name)}")
+    cseq = parse_cseq(items[keys.index("cseq")][1])
     if method is not None and cseq.method != method:
         raise _bad("CSeq method does not match the request method")
-    if not (headers.get("call-id") or "").strip():
+    if not items[keys.index("call-id")][1].strip():
         raise _bad("empty Call-ID")
-    vias = headers.values("via")
+    vias = headers.values("via")  # every line: an unterminated quoted string in any of them is a 400
     if not vias:
         raise _bad("empty Via")
-    parse_via(vias[0])
-    parse_name_addr(headers.get("from") or "")
-    parse_name_addr(headers.get("to") or "")
-    max_forwards = headers.get("max-forwards")
-    if max_forwards is not None and (not _is_digits(max_forwards) or int(max_forwards) > 255):
-        raise _bad("bad Max-Forwards")
+    top_via = parse_via(vias[0])
+    from_ = parse_name_addr(items[keys.index("from")][1])
+    to = parse_name_addr(items[keys.index("to")][1])
+    if "max-forwards" in keys:
+        max_forwards = items[keys.index("max-forwards")][1]
+        if not _is_digits(max_forwards) or int(max_forwards) > 255:
+            raise _bad("bad Max-Forwards")
+    return {"cseq": cseq, "top_via": top_via, "from": from_, "to": to}
 
 
-def _build(lines: list[bytes], body: bytes) -> SipMessage:
-    try:
-        start = lines[0].decode("utf-8")
-    except UnicodeDecodeError:
-        raise _bad("start line is not UTF-8") from None
-    if start[:4].upper() == "SIP/":
-        try:
-            return _build_response(start, lines, body)
-        except MalformedMessage as exc:
-            # RFC 3261 §18.1.2: a malformed response is discarded, never answered.
-            raise MalformedMessage(exc.reason, None) from None
-    return _build_request(start, lines, body)
-
-
-def _build_response(start: str, lines: list[bytes], body: bytes) -> SipResponse:
+def _status_line(start: str) -> tuple[str, int, str]:
     version, _, rest = start.partition(" ")
     code, _, reason = rest.partition(" ")
     _check_version(version, None)
@@ -898,12 +1003,10 @@ def _build_response(start: str, lines: list[bytes], body: bytes) -> SipResponse:
         raise _bad(f"bad status code {code!r}", None)
     if "\r" in reason or "\n" in reason:
         raise _bad("bad reason phrase", None)
-    headers = Headers(_decode_headers(lines))
-    _check_mandatory(headers, None)
-    return SipResponse(int(code), reason, headers, body, version)
+    return version, int(code), reason
 
 
-def _build_request(start: str, lines: list[bytes], body: bytes) -> SipRequest:
+def _request_line(start: str) -> tuple[str, Uri, str]:
     parts = start.split(" ")
     if len(parts) != 3:
         raise _bad(f"bad request line {start[:60]!r}")
@@ -914,9 +1017,80 @@ def _build_request(start: str, lines: list[bytes], body: bytes) -> SipRequest:
     uri = parse_uri(uri_text)
     if uri.scheme.lower() not in SUPPORTED_URI_SCHEMES:
         raise _bad(f"unsupported URI scheme {uri.scheme!r}", 416)  # RFC 3261 §8.2.2.1
+    return method, uri, version
+
+
+def _with_views(message: SipMessage, views: dict[str, Any]) -> SipMessage:
+    object.__setattr__(message, "_views", views)
+    return message
+
+
+def _build(head: bytes, body: bytes) -> SipMessage:
+    """A message from its head (start line and header lines, no final CRLFCRLF) and body.
+
+    The fast path decodes the head once; anything it does not expect (non-UTF-8, folding, stray CR/LF/NUL,
+    a bad value) goes to the line-by-line reference path, which accepts and refuses exactly as before and
+    reports the first fault in order.
+    """
+    try:
+        message = _build_fast(head.decode("utf-8"), body)
+    except (UnicodeDecodeError, MalformedMessage):
+        message = None
+    return message if message is not None else _build_reference(head.split(b"\r\n"), body)
+
+
+def _build_fast(text: str, body: bytes) -> SipMessage | None:
+    lines = text.split("\r\n")
+    breaks = len(lines) - 1
+    if text.count("\n") != breaks or text.count("\r") != breaks or "\x00" in text:
+        return None  # a stray CR, LF or NUL: the reference path refuses it
+    items: list[tuple[str, str]] = []
+    keys: list[str] = []
+    known = _KNOWN_NAMES
+    for index in range(1, len(lines)):
+        name, colon, value = lines[index].partition(":")
+        key = known.get(name)
+        if key is None:
+            stripped = name.rstrip(" \t")
+            if not colon or not _TOKEN.fullmatch(stripped):
+                return None  # folding, an empty or junk line: the reference path decides
+            key = header_key(stripped)
+            if stripped == name and len(known) < _KNOWN_NAMES_MAX:
+                known[name] = key
+            name = stripped
+        elif not colon:
+            return None
+        items.append((name, value.strip(" \t")))
+        keys.append(key)
+    headers = Headers._keyed(tuple(items), tuple(keys))
+    start = lines[0]
+    if start[:4].upper() == "SIP/":
+        version, code, reason = _status_line(start)
+        views = _check_mandatory(headers, None)
+        return _with_views(SipResponse(code, reason, headers, body, version), views)
+    method, uri, version = _request_line(start)
+    views = _check_mandatory(headers, method)
+    return _with_views(SipRequest(method, uri, headers, body, version), views)
+
+
+def _build_reference(lines: list[bytes], body: bytes) -> SipMessage:
+    try:
+        start = lines[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad("start line is not UTF-8") from None
+    if start[:4].upper() == "SIP/":
+        try:
+            version, code, reason = _status_line(start)
+            headers = Headers(_decode_headers(lines))
+            views = _check_mandatory(headers, None)
+        except MalformedMessage as exc:
+            # RFC 3261 §18.1.2: a malformed response is discarded, never answered.
+            raise MalformedMessage(exc.reason, None) from None
+        return _with_views(SipResponse(code, reason, headers, body, version), views)
+    method, uri, version = _request_line(start)
     headers = Headers(_decode_headers(lines))
-    _check_mandatory(headers, method)
-    return SipRequest(method, uri, headers, body, version)
+    views = _check_mandatory(headers, method)
+    return _with_views(SipRequest(method, uri, headers, body, version), views)
 
 
 def parse_message(data: bytes, *, max_size: int = DEFAULT_MAX_HEADER_BYTES) -> SipMessage:
@@ -932,14 +1106,14 @@ def parse_message(data: bytes, *, max_size: int = DEFAULT_MAX_HEADER_BYTES) -> S
     end = data.find(b"\r\n\r\n", start)
     if end < 0:
         raise _bad("no blank line after headers")
-    lines = data[start:end].split(b"\r\n")
-    length = _content_length(lines)
+    head = data[start:end]
+    length = _content_length(head)
     body = data[end + 4 :]
     if length is not None:
         if len(body) < length:
             raise _bad("body shorter than Content-Length")  # RFC 3261 §18.3
         body = body[:length]
-    return _build(lines, body)
+    return _build(head, body)
 
 
 class SipStreamFramer:
@@ -959,7 +1133,7 @@ class SipStreamFramer:
     ) -> None:
         self._buffer = bytearray()
         self._scan_from = 0
-        self._pending: list[bytes] | None = None  # head lines waiting for their body
+        self._pending: bytes | None = None  # a head waiting for its body
         self._body_length = 0
         self._max_header_bytes = max_header_bytes
         self._max_body_bytes = max_body_bytes
@@ -992,10 +1166,10 @@ class SipStreamFramer:
             if self._pending is not None:
                 if len(buf) < self._body_length:
                     return None
-                body = bytes(buf[: self._body_length])
+                body = bytes(buf[: self._body_length]) if self._body_length else b""
                 del buf[: self._body_length]
-                lines, self._pending = self._pending, None
-                return _build(lines, body)
+                head, self._pending = self._pending, None
+                return _build(head, body)
             if buf[:2] == b"\r\n":
                 if buf[:4] == b"\r\n\r\n":
                     del buf[:4]
@@ -1020,16 +1194,16 @@ class SipStreamFramer:
                 return None
             if end > self._max_header_bytes:
                 raise self._fail("header section too large", 413)
-            lines = bytes(buf[:end]).split(b"\r\n")
+            head = bytes(buf[:end])
             del buf[: end + 4]
             self._scan_from = 0
             try:
-                length = _content_length(lines)
+                length = _content_length(head)
             except MalformedMessage as exc:
                 raise self._fail(exc.reason, 400) from None
             if length is not None and length > self._max_body_bytes:
                 raise self._fail("body too large", 413)
-            self._pending = lines
+            self._pending = head
             self._body_length = length or 0  # RFC 3261 §18.3 makes it mandatory on streams; assume 0
         return None
 
@@ -1100,10 +1274,9 @@ def make_response(
     then ``headers`` and Content-Length.
     """
     copied: list[tuple[str, str]] = []
-    for name, value in request.headers.items:
-        key = header_key(name)
+    for key, (_, value) in zip(request.headers.lookup_keys, request.headers.items, strict=True):
         if key == "via" or (copy_record_route and key == "record-route"):
-            copied.append((canonical_name(name), value))
+            copied.append((CANONICAL_NAMES[key], value))
     copied.append(("From", request.headers.get("from") or ""))
     to_value = request.headers.get("to") or ""
     if to_tag is not None:
