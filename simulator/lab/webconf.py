@@ -37,4 +37,5 @@ def frontend_webconf(lab: Lab) -> dict[str, Service]:
     targets = [(lab.plan.one(node.name, HostKind.EDGE_INTERNAL).address, lab.port_map(PSOM_INTERNAL_PORT),
                 node.internal_fqdn or lab.scenario.edge_pool.internal_fqdn) for node in lab.scenario.edge_pool.nodes]
     return {"frontend-webconf": FrontendWebConferencing(frontend.fqdn or frontend.name, targets,
-                                                        lab.peer_client_context(frontend), lab.conference_key)}
+                                                        lab.peer_client_context(frontend), lab.conference_key,
+                                                        lab.plan.of(frontend.name, HostKind.CLIENT)[0].address)}

@@ -80,5 +80,6 @@ def xmpp_peers(lab: Lab) -> dict[str, Service]:
                     node.internal_fqdn or lab.scenario.edge_pool.internal_fqdn)
                    for node in lab.scenario.edge_pool.nodes]
         services["frontend-xmpp"] = FrontendXmppGateway(frontend.fqdn or frontend.name, lab.scenario.domain, targets,
-                                                        lab.peer_client_context(frontend))
+                                                        lab.peer_client_context(frontend),
+                                                        lab.plan.of(frontend.name, HostKind.CLIENT)[0].address)
     return services

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections import Counter
 from collections.abc import Coroutine
@@ -74,6 +75,7 @@ class TcpListener:
         self._backlog = backlog
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.errors = 0  # connections ended by an unexpected exception in the protocol code (counted, not raised)
 
     @property
     def running(self) -> bool:
@@ -112,6 +114,10 @@ class TcpListener:
             pass  # this connection is over; the listener carries on
         except asyncio.CancelledError:
             pass  # stop() cancelled us: end normally, or asyncio's stream callback logs the cancellation
+        except Exception:  # a bug in the protocol code must cost one connection, never the listener
+            self.errors += 1
+            if self.errors == 1:
+                logging.getLogger(__name__).exception("%s: connection ended by an unexpected error", self.name)
         finally:
             self._tasks.discard(task)
             writer.close()

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import ssl
+from collections import deque
 
 import h11
 
@@ -79,7 +80,8 @@ class CmsReplicationListener(TlsListener):
                  allowed_peers: frozenset[str] | None) -> None:
         super().__init__("cms-replication", host, port, context, allowed_peers)
         self.agent = agent
-        self.documents: list[bytes] = []
+        self.documents: deque[bytes] = deque(maxlen=64)  # the latest pushes (bounded: a peer can push forever)
+        self.version = 0
         self.malformed = 0
 
     async def refuse(self, stream: TlsStream, peer: Peer, reason: Reason) -> None:
@@ -122,8 +124,9 @@ class CmsReplicationListener(TlsListener):
             return
         document = bytes(body)
         self.documents.append(document)
+        self.version += 1
         await _send_json(writer, connection, 200, {
-            "ack": hashlib.sha256(document).hexdigest(), "version": len(self.documents), "agent": self.agent,
+            "ack": hashlib.sha256(document).hexdigest(), "version": self.version, "agent": self.agent,
         })
 
 
@@ -149,9 +152,9 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 
 
 async def cls_query(host: str, port: int, context: ssl.SSLContext, server_name: str, token: str,
-                    timeout: float) -> ClsReply:
+                    timeout: float, *, source: str | None = None) -> ClsReply:
     """One CLS query over mutual TLS; raises :class:`ProbeFailure` with the reason when it fails."""
-    reader, writer = await open_tls(host, port, context, server_name, timeout)
+    reader, writer = await open_tls(host, port, context, server_name, timeout, source=source)
     try:
         writer.write(ClsQuery(token).serialize())
         await writer.drain()
@@ -161,6 +164,8 @@ async def cls_query(host: str, port: int, context: ssl.SSLContext, server_name: 
         raise ProbeFailure(classify_tls_error(error), f"{host}:{port}: {error}") from None
     except asyncio.IncompleteReadError:
         raise ProbeFailure(Reason.RESET, f"{host}:{port}: closed before a reply") from None
+    except asyncio.LimitOverrunError:
+        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{host}:{port}: reply line too long") from None
     except MalformedMessage as error:
         raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{host}:{port}: {error.reason}") from None
     finally:
@@ -174,9 +179,9 @@ async def cls_query(host: str, port: int, context: ssl.SSLContext, server_name: 
 
 
 async def cms_push(host: str, port: int, context: ssl.SSLContext, server_name: str, document: bytes,
-                   timeout: float) -> dict[str, object]:
+                   timeout: float, *, source: str | None = None) -> dict[str, object]:
     """Push a configuration document to the CMS replica; returns its JSON acknowledgement."""
-    reader, writer = await open_tls(host, port, context, server_name, timeout)
+    reader, writer = await open_tls(host, port, context, server_name, timeout, source=source)
     connection = h11.Connection(h11.CLIENT)
     try:
         request = h11.Request(method="POST", target=CmsReplicationListener.PATH.decode(), headers=[

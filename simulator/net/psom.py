@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import ssl
+from collections.abc import Awaitable, Callable
 
 from simulator.net.listener import Peer, TlsListener
 from simulator.net.tls import classify_tls_error, open_tls
@@ -23,6 +24,7 @@ from simulator.report.verdict import ProbeFailure, Reason
 from simulator.wire.errors import MalformedMessage
 from simulator.wire.psom import PsomFramer, PsomRecord, PsomType
 
+StreamOpener = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 LINKS_PER_NODE = 4
 BRIDGE_TIMEOUT = 5.0
 
@@ -38,6 +40,8 @@ class _FrontendLink:
 
     async def exchange(self, record: PsomRecord, timeout: float) -> PsomRecord:
         async with self.lock:
+            while not self.replies.empty():  # a reply that came after an earlier exchange timed out
+                self.replies.get_nowait()
             self.stream.write(record.serialize())
             await self.stream.drain()
             return await asyncio.wait_for(self.replies.get(), timeout)
@@ -152,8 +156,9 @@ class FrontendWebConferencing:
     """The emulated Front End Web Conferencing service: opens and serves LINKS_PER_NODE links per Edge."""
 
     def __init__(self, name: str, targets: list[tuple[str, int, str]], context: ssl.SSLContext,
-                 conference_key: str) -> None:
+                 conference_key: str, source: str | None = None) -> None:
         self.name = name
+        self.source = source
         self.targets = targets  # (address, port, TLS name) of each node's 8057
         self.context = context
         self.conference_key = conference_key
@@ -172,7 +177,8 @@ class FrontendWebConferencing:
         for host, port, server_name in self.targets:
             for _ in range(LINKS_PER_NODE):
                 try:
-                    reader, writer = await psom_register(host, port, self.context, server_name, self.name, 3.0)
+                    reader, writer = await psom_register(host, port, self.context, server_name, self.name, 3.0,
+                                                         source=self.source)
                 except ProbeFailure as failure:
                     self.failures[server_name] = str(failure)
                     break
@@ -224,9 +230,10 @@ async def _one_record(reader: asyncio.StreamReader, framer: PsomFramer, where: s
 
 
 async def psom_register(host: str, port: int, context: ssl.SSLContext, server_name: str, frontend: str,
-                        timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+                        timeout: float, *, source: str | None = None) -> tuple[asyncio.StreamReader,
+                                                                               asyncio.StreamWriter]:
     """Open one Front End link to an Edge's 8057 and register it; returns the open stream pair."""
-    reader, writer = await open_tls(host, port, context, server_name, timeout)
+    reader, writer = await open_tls(host, port, context, server_name, timeout, source=source)
     try:
         writer.write(PsomRecord(PsomType.REGISTER, frontend.encode()).serialize())
         await writer.drain()
@@ -243,9 +250,19 @@ async def psom_register(host: str, port: int, context: ssl.SSLContext, server_na
 
 
 async def psom_join(host: str, port: int, context: ssl.SSLContext, server_name: str, key: str,
-                    timeout: float) -> str:
-    """A remote client joins a conference through the Web Conferencing Edge; returns ``node/frontend``."""
-    reader, writer = await open_tls(host, port, context, server_name, timeout)
+                    timeout: float, *, opener: StreamOpener | None = None) -> str:
+    """A remote client joins a conference through the Web Conferencing Edge; returns ``node/frontend``.
+
+    ``opener`` opens the TLS connection itself (a client behind its NAT box); TLS failures still come back
+    as :class:`ProbeFailure` with their reason.
+    """
+    if opener is None:
+        reader, writer = await open_tls(host, port, context, server_name, timeout)
+    else:
+        try:
+            reader, writer = await opener()
+        except (OSError, ssl.SSLError, TimeoutError) as error:
+            raise ProbeFailure(classify_tls_error(error), f"{host}:{port}: {error}") from None
     try:
         writer.write(PsomRecord(PsomType.JOIN, key.encode()).serialize())
         await writer.drain()

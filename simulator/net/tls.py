@@ -86,11 +86,12 @@ def peer_dns_names(peercert: object) -> set[str]:
     return names
 
 
-async def open_tls(host: str, port: int, context: ssl.SSLContext, server_name: str,
-                   timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A client TLS connection whose failure is a :class:`ProbeFailure` with the TLS reason code."""
+async def open_tls(host: str, port: int, context: ssl.SSLContext, server_name: str, timeout: float, *,
+                   source: str | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client TLS connection from ``source`` whose failure is a :class:`ProbeFailure` with the TLS reason."""
     try:
-        return await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context, server_hostname=server_name,
-                                                              ssl_handshake_timeout=timeout), timeout)
+        return await asyncio.wait_for(asyncio.open_connection(
+            host, port, ssl=context, server_hostname=server_name, ssl_handshake_timeout=timeout,
+            local_addr=(source, 0) if source else None), timeout)
     except (OSError, ssl.SSLError, TimeoutError) as error:
         raise ProbeFailure(classify_tls_error(error), f"{host}:{port}: {error}") from None

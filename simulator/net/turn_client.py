@@ -136,6 +136,9 @@ class MsTurnClient:
         except (OSError, TimeoutError) as error:
             await self.close()
             raise ProbeFailure(classify_tls_error(error), f"{where}: {error}") from None
+        except BaseException:  # cancelled mid-open: leave no reader task, socket or NAT endpoint behind
+            await self.close()
+            raise
         self.local = Address(sockname[0], sockname[1])
 
     async def _read_stream(self, reader: asyncio.StreamReader) -> None:
@@ -412,8 +415,12 @@ class RfcTcpRelayClient:
                     if frames:
                         answer = turn.parse(frames[0].data)
                         break
-        except (TimeoutError, asyncio.IncompleteReadError, OSError, MalformedMessage) as error:
-            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{self.where}: ConnectionBind failed: {error!r}") from None
+        except MalformedMessage as error:
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{self.where}: ConnectionBind answer: {error.reason}") from None
+        except asyncio.IncompleteReadError:
+            raise ProbeFailure(Reason.RESET, f"{self.where}: closed before the ConnectionBind answer") from None
+        except (TimeoutError, OSError) as error:
+            raise ProbeFailure(classify_tls_error(error), f"{self.where}: ConnectionBind: {error!r}") from None
         if answer.cls is not MessageClass.SUCCESS:
             raise ProbeFailure(Reason.REJECTED, f"{self.where}: ConnectionBind refused ({_error_code(answer)})")
         return reader, writer

@@ -21,7 +21,7 @@ import contextlib
 import itertools
 import ssl
 import xml.etree.ElementTree as ET
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
@@ -374,7 +374,7 @@ class XmppServerListener(TcpListener):
         self._ids = itertools.count(1)
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
-        self.received: list[str] = []  # stanza ids that arrived on authenticated streams
+        self.received: deque[str] = deque(maxlen=1024)  # the latest stanza ids that arrived on authenticated streams
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stream: ByteStream = AsyncioStream(reader, writer)
@@ -433,8 +433,10 @@ def answering_deliver(domain: str) -> Callable[[ET.Element], Awaitable[bytes | N
 class FrontendXmppGateway:
     """The Front End's XMPP gateway: one persistent MTLS 23456 link per Edge node, answering stanzas."""
 
-    def __init__(self, name: str, domain: str, targets: list[tuple[str, int, str]], context: ssl.SSLContext) -> None:
+    def __init__(self, name: str, domain: str, targets: list[tuple[str, int, str]], context: ssl.SSLContext,
+                 source: str | None = None) -> None:
         self.name = name
+        self.source = source
         self.domain = domain
         self.targets = targets
         self.context = context
@@ -453,7 +455,7 @@ class FrontendXmppGateway:
         for host, port, server_name in self.targets:
             try:
                 stream, events = await open_gateway_link(host, port, self.context, server_name, self.name,
-                                                         self.domain, NEGOTIATION_TIMEOUT)
+                                                         self.domain, NEGOTIATION_TIMEOUT, source=self.source)
             except ProbeFailure as failure:
                 self.failures[server_name] = str(failure)
                 continue
@@ -483,11 +485,13 @@ class FrontendXmppGateway:
 
 
 async def open_gateway_link(host: str, port: int, context: ssl.SSLContext, server_name: str, name: str,
-                            domain: str, timeout: float) -> tuple[AsyncioStream, EventReader]:
+                            domain: str, timeout: float, *,
+                            source: str | None = None) -> tuple[AsyncioStream, EventReader]:
     """Open the Front End → Edge gateway link: mutual TLS, then an XMPP stream (I1/X3)."""
     with _as_probe_failure(f"{host}:{port}"):
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=server_name)
+            reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=server_name,
+                                                           local_addr=(source, 0) if source else None)
             stream = AsyncioStream(reader, writer)
             try:
                 events = EventReader(stream)

@@ -152,7 +152,7 @@ class _Session:
         pool = self.lab.scenario.edge_pool
         try:
             records = await self.resolver.resolve_a(pool.access_fqdn)
-        except ResolverError as error:
+        except (ResolverError, OSError) as error:
             self.record.error = f"DNS: {error}"
             return
         lync = self.record.policy is DnsPolicy.LYNC
@@ -160,7 +160,7 @@ class _Session:
         self.cached = records if lync else self.policy.candidates(records, time.monotonic())[:1]
         try:
             client: SipClient | None = await self._sign_in(self.cached, use_policy=lync)
-        except ProbeFailure as failure:
+        except (ProbeFailure, OSError) as failure:
             self.record.error = str(failure)
             return
         assert client is not None
@@ -189,7 +189,7 @@ class _Session:
         for attempt in range(attempts):
             try:
                 return await self._sign_in(self.cached, use_policy=lync)
-            except ProbeFailure:
+            except (ProbeFailure, OSError):
                 if attempt + 1 < attempts:
                     await asyncio.sleep(LEGACY_RETRY_GAP)
         return None
@@ -253,15 +253,26 @@ async def run_load(lab: Lab, timeout: float | None = None) -> LoadReport:
     tasks: list[asyncio.Task[None]] = []
 
     async def phase_runner(phase: LoadPhase) -> None:
+        """Start the phase's sessions at its rate; at the end of its own duration, end them."""
         population = clients[phase.clients]
         accounts = accounts_by_population.get(phase.clients, [])[: phase.max_sessions]
-        for index, account in enumerate(accounts):
-            await asyncio.sleep(max(0.0, start + index / phase.rate - loop.time()))
-            if loop.time() >= end:
-                return
-            record = SessionRecord(account.user, phase.clients, population.effective_dns_policy)
-            report.sessions.append(record)
-            tasks.append(asyncio.create_task(_Session(lab, account, record, address_node, timeout, end).run()))
+        phase_end = start + phase.duration
+        mine: list[asyncio.Task[None]] = []
+        try:
+            for index, account in enumerate(accounts):
+                await asyncio.sleep(max(0.0, start + index / phase.rate - loop.time()))
+                if loop.time() >= phase_end:
+                    break
+                record = SessionRecord(account.user, phase.clients, population.effective_dns_policy)
+                report.sessions.append(record)
+                session = _Session(lab, account, record, address_node, timeout, phase_end)
+                mine.append(asyncio.create_task(session.run()))
+                tasks.append(mine[-1])
+            await asyncio.sleep(max(0.0, phase_end - loop.time()))
+        finally:
+            for task in mine:
+                task.cancel()
+            await asyncio.gather(*mine, return_exceptions=True)
 
     async def event_runner(event: StopNode) -> None:
         await asyncio.sleep(max(0.0, start + event.at - loop.time()))

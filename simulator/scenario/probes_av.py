@@ -44,8 +44,8 @@ async def _av_guarded(ctx: ProbeContext, node: str, check: Callable[[], Awaitabl
         return outcome
     try:
         cause = await _inbound_snat(ctx, node)
-    except ProbeFailure:
-        return outcome
+    except (ProbeFailure, OSError, TimeoutError):
+        return outcome  # the diagnosis itself failed: keep the original verdict
     if cause is None:
         return outcome
     return Outcome(node, outcome.verdict, Reason.SNAT_INBOUND, f"{outcome.detail}; {cause}", outcome.elapsed_ms)
@@ -289,8 +289,10 @@ async def av_turn_udp_out(ctx: ProbeContext, node: str) -> Outcome:
                     answer = stun.parse(data)
                 except MalformedMessage:
                     raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{target} answered a non-STUN datagram") from None
+                if answer.transaction_id != binding.transaction_id:
+                    continue  # a late answer to an earlier try: ask again
                 mapped = answer.get(stun.XOR_MAPPED_ADDRESS)
-                if answer.transaction_id != binding.transaction_id or mapped != allocation.relay:
+                if mapped != allocation.relay:
                     raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{target} saw {mapped}, not the relay")
                 return (f"{detail}; STUN to {target.host}:{target.port} answered: relay seen as "
                         f"{mapped.host}:{mapped.port}")
@@ -322,12 +324,14 @@ async def _tcp_relay(ctx: ProbeContext, node: str) -> tuple[RfcTcpRelayClient, A
 
 async def _roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes,
                      timeout: float) -> bytes:
-    writer.write(payload)
-    await writer.drain()
     try:
+        writer.write(payload)
+        await writer.drain()
         return await asyncio.wait_for(reader.read(4096), timeout)
     except TimeoutError:
         raise ProbeFailure(Reason.NO_RETURN_PATH, "no bytes came back over the TCP relay") from None
+    except OSError as error:
+        raise ProbeFailure(Reason.RESET, f"the TCP relay connection broke: {error}") from None
 
 
 async def _tcp_out(ctx: ProbeContext, node: str, peer_role: ClientRole, peer_port: int) -> str:
@@ -394,6 +398,8 @@ async def av_relay_tcp_in(ctx: ProbeContext, node: str) -> Outcome:
             return f"peer {seen_peer} → TCP relay {relay.host}:{relay.port}: bytes both ways"
         except TimeoutError:
             raise ProbeFailure(Reason.NO_RETURN_PATH, "no bytes crossed the TCP relay") from None
+        except OSError as error:
+            raise ProbeFailure(Reason.RESET, f"a TCP relay connection broke: {error}") from None
         finally:
             if writer is not None:
                 writer.close()

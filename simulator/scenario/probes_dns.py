@@ -21,7 +21,8 @@ async def _dns_check(ctx: ProbeContext, node: str, transport: str) -> str:
     """The Access Edge resolves the pool (one A per node) and a federation SRV over one transport."""
     resolver = access_edge_resolver(ctx, node)
     pool = ctx.lab.scenario.edge_pool
-    expected = sorted(ctx.lab.zone.addresses(pool.access_fqdn))
+    # One A record per node: each node's public Access Edge address (DNS load balancing, research §2).
+    expected = sorted(ctx.lab.external_bind(n.name, "access") for n in pool.nodes)
     got = sorted(await resolve(resolver.resolve_a(pool.access_fqdn, transport),
                                 f"{pool.access_fqdn} A over {transport}"))
     if got != expected:

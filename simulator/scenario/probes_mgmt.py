@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from simulator.net.mgmt import cls_query, cms_push
 from simulator.report.verdict import Outcome, ProbeFailure, Reason
-from simulator.scenario.probing import ProbeContext, guarded, internal_target, peer, probe
+from simulator.scenario.probing import ProbeContext, guarded, host_of, internal_target, peer, probe
 from simulator.scenario.schema import ClientRole
 
 
@@ -19,7 +19,8 @@ async def cms_replication(ctx: ProbeContext, node: str) -> Outcome:
         document = (f'<?xml version="1.0"?><CmsReplication xmlns="urn:edgesim:cms" to="{name}">'
                     f'<Setting name="AccessEdgeExternalFqdn">{ctx.lab.scenario.edge_pool.access_fqdn}</Setting>'
                     "</CmsReplication>").encode()
-        ack = await cms_push(address, port, ctx.lab.peer_client_context(frontend), name, document, ctx.timeout)
+        ack = await cms_push(address, port, ctx.lab.peer_client_context(frontend), name, document, ctx.timeout,
+                             source=host_of(ctx, frontend))
         return f"{address}:{port} stored version {ack.get('version')} from {frontend.fqdn}"
 
     return await guarded(node, check)
@@ -34,7 +35,8 @@ async def cls_agent(ctx: ProbeContext, node: str) -> Outcome:
         address, name = internal_target(ctx, node)
         port = ctx.lab.port_map(ctx.rule.ports.first)
         token = f"{ctx.rule.id}-{node}"
-        reply = await cls_query(address, port, ctx.lab.peer_client_context(frontend), name, token, ctx.timeout)
+        reply = await cls_query(address, port, ctx.lab.peer_client_context(frontend), name, token, ctx.timeout,
+                                source=host_of(ctx, frontend))
         if reply.fields[0] != node:
             raise ProbeFailure(Reason.PROTOCOL_ERROR, f"answered by agent {reply.fields[0]}, not {node}")
         return f"{address}:{port} agent {reply.fields[0]} answered"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import ssl
 
+from simulator.lab.clients import open_tcp
 from simulator.lab.webconf import PSOM_EXTERNAL_PORT, PSOM_INTERNAL_PORT
 from simulator.net.psom import psom_join, psom_register
 from simulator.net.tls import client_context
 from simulator.report.verdict import Outcome, ProbeFailure, Reason
-from simulator.scenario.probing import ProbeContext, guarded, internal_target, peer, probe
+from simulator.scenario.probing import ProbeContext, guarded, host_of, internal_target, peer, probe
 from simulator.scenario.schema import ClientRole
 
 
@@ -22,7 +23,8 @@ async def psom_frontend_in(ctx: ProbeContext, node: str) -> Outcome:
         address, name = internal_target(ctx, node)
         port = ctx.lab.port_map(PSOM_INTERNAL_PORT)
         _reader, writer = await psom_register(address, port, ctx.lab.peer_client_context(frontend), name,
-                                              frontend.fqdn or frontend.name, ctx.timeout)
+                                              frontend.fqdn or frontend.name, ctx.timeout,
+                                              source=host_of(ctx, frontend))
         writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):
             await writer.wait_closed()
@@ -42,7 +44,12 @@ async def psom_client_in(ctx: ProbeContext, node: str) -> Outcome:
         address = ctx.lab.external_bind(node, "webconf")
         port = ctx.lab.port_map(PSOM_EXTERNAL_PORT)
         name = ctx.lab.scenario.edge_pool.webconf_fqdn
-        answer = await psom_join(address, port, client_context(files.ca), name, ctx.lab.conference_key, ctx.timeout)
+        # A remote user's client, through its population's NAT box when it has one.
+        user = peer(ctx, ClientRole.REMOTE_USER)
+        context = client_context(files.ca)
+        answer = await psom_join(address, port, context, name, ctx.lab.conference_key, ctx.timeout,
+                                 opener=lambda: open_tcp(ctx.lab, host_of(ctx, user), address, port, context=context,
+                                                         server_name=name, timeout=ctx.timeout))
         answered_by = answer.partition("/")[0]
         if answered_by != node:
             raise ProbeFailure(Reason.PROTOCOL_ERROR, f"joined through {answered_by}, not {node}")

@@ -17,7 +17,7 @@ from simulator.net.xmpp import (
     ping,
 )
 from simulator.report.verdict import Outcome, ProbeFailure, Reason
-from simulator.scenario.probing import ProbeContext, guarded, internal_target, peer, probe
+from simulator.scenario.probing import ProbeContext, guarded, host_of, internal_target, peer, probe
 from simulator.scenario.schema import ClientRole
 
 
@@ -39,7 +39,8 @@ async def xmpp_gateway_in(ctx: ProbeContext, node: str) -> Outcome:
         port = ctx.lab.port_map(XMPP_GATEWAY_PORT)
         domain = ctx.lab.scenario.domain
         stream, events = await open_gateway_link(address, port, ctx.lab.peer_client_context(frontend), name,
-                                                 frontend.fqdn or frontend.name, domain, ctx.timeout)
+                                                 frontend.fqdn or frontend.name, domain, ctx.timeout,
+                                                 source=host_of(ctx, frontend))
         try:
             stanza_id = f"{ctx.rule.id}-{node}-ping"
             answer = await exchange(stream, events, ping(frontend.fqdn or "", domain, stanza_id), stanza_id,
@@ -90,7 +91,8 @@ async def xmpp_s2s_out(ctx: ProbeContext, node: str) -> Outcome:
         port = ctx.lab.port_map(XMPP_GATEWAY_PORT)
         domain = ctx.lab.scenario.domain
         stream, events = await open_gateway_link(address, port, ctx.lab.peer_client_context(frontend), name,
-                                                 frontend.fqdn or frontend.name, domain, ctx.timeout)
+                                                 frontend.fqdn or frontend.name, domain, ctx.timeout,
+                                                 source=host_of(ctx, frontend))
         try:
             stanza_id = f"{ctx.rule.id}-{node}-out"
             stanza = message_with_receipt_request(f"bob@{domain}", f"alice@{partner.domain}", stanza_id, "hi")

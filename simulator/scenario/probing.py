@@ -53,6 +53,11 @@ def peer(ctx: ProbeContext, role: ClientRole) -> Client:
     return clients[0]
 
 
+def host_of(ctx: ProbeContext, client: Client) -> str:
+    """The lab address a client population's (first) host sends from."""
+    return ctx.lab.plan.of(client.name, HostKind.CLIENT)[0].address
+
+
 def internal_target(ctx: ProbeContext, node: str) -> tuple[str, str]:
     """(address, TLS name) of a node's internal interface."""
     spec = next(n for n in ctx.lab.scenario.edge_pool.nodes if n.name == node)

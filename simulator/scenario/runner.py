@@ -74,7 +74,9 @@ async def run_rules(lab: Lab, rule_ids: list[str], timeout: float | None = None,
         blocker = next((dep for dep in rule.depends_on
                         if dep in done and done[dep].verdict in (Verdict.FAIL, Verdict.BLOCKED)), None)
         if blocker is not None:
-            root = done[blocker].blocked_by or blocker
+            root = blocker
+            while done[root].blocked_by is not None:  # follow the chain to the rule that actually failed
+                root = done[root].blocked_by  # type: ignore[assignment]
             result = RuleResult(rule, Verdict.BLOCKED, None, blocker,
                                 f"prerequisite {blocker} did not pass" + (f" (root: {root})" if root != blocker
                                                                             else ""))

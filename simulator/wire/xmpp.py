@@ -23,6 +23,8 @@ TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
 SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
 DIALBACK_NS = "jabber:server:dialback"
 MAX_ELEMENT = 256 * 1024
+_RESTRICTED = (b"<!DOCTYPE", b"<!ENTITY", b"<!--")
+_TAIL = max(len(marker) for marker in _RESTRICTED) - 1
 MAX_DEPTH = 32
 
 
@@ -67,12 +69,16 @@ class XmppStreamParser:
         self._depth = 0
         self._pending = 0
         self._closed = False
+        self._root: ET.Element | None = None
+        self._tail = b""  # the last bytes fed: a forbidden markup split across two reads is still seen
 
     def feed(self, data: bytes) -> list[StreamEvent]:
         if self._closed and data.strip():
             raise MalformedMessage("data after the end of the stream", None)
-        if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-            raise MalformedMessage("restricted XML (DTD) is not allowed in XMPP (RFC 6120 §11.1)", None)
+        window = self._tail + data
+        if any(marker in window for marker in _RESTRICTED):
+            raise MalformedMessage("restricted XML (DTD, entity or comment) is not allowed (RFC 6120 §11.1)", None)
+        self._tail = window[-_TAIL:]
         self._pending += len(data)
         if self._pending > MAX_ELEMENT:
             raise MalformedMessage("element too large", None)
@@ -90,12 +96,15 @@ class XmppStreamParser:
                 if self._depth == 1:
                     if item.tag != f"{{{STREAMS_NS}}}stream":
                         raise MalformedMessage(f"not an XMPP stream: <{item.tag}>", None)
+                    self._root = item
                     events.append(StreamOpened(dict(item.attrib)))
             else:
                 self._depth -= 1
                 if self._depth == 1:
                     events.append(TopLevel(item))
                     self._pending = 0
+                    if self._root is not None:
+                        self._root.remove(item)  # the stream is one document: drop each stanza once handed out
                 elif self._depth == 0:
                     self._closed = True
                     events.append(StreamClosed())

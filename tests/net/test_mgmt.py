@@ -49,7 +49,7 @@ async def test_cms_push_is_stored_and_acknowledged(lab: Lab) -> None:
     first = await cms_push(address, lab.port_map(4443), _frontend(lab), "edge2-int.contoso.local", b"<a/>", 3)
     second = await cms_push(address, lab.port_map(4443), _frontend(lab), "edge2-int.contoso.local", b"<b/>", 3)
     assert (first["version"], second["version"]) == (1, 2)
-    assert listener.documents == [b"<a/>", b"<b/>"]
+    assert list(listener.documents) == [b"<a/>", b"<b/>"]
 
 
 @pytest.mark.parametrize(("variant", "reason"), [

@@ -143,3 +143,20 @@ def test_stream_parser_raises_only_malformed_and_is_split_invariant(data: bytes,
         parser.feed(CORPUS[0][:60] + data)
     except MalformedMessage as error:
         assert error.status is None
+
+
+def test_a_dtd_split_across_reads_is_refused() -> None:
+    parser = xmpp.XmppStreamParser()
+    parser.feed(xmpp.stream_header("a.example", "b.example"))
+    with pytest.raises(MalformedMessage):
+        for chunk in (b"<!DOC", b"TYPE x [<!ENT", b"ITY a 'AAAA'>]>", b"<message>&a;&a;</message>"):
+            parser.feed(chunk)
+
+
+def test_stanzas_are_not_kept_after_they_are_handed_out() -> None:
+    parser = xmpp.XmppStreamParser()
+    parser.feed(xmpp.stream_header("a.example", "b.example"))
+    for index in range(2000):
+        [event] = parser.feed(xmpp.message("x@a.example", "y@b.example", str(index), "hi"))
+        assert isinstance(event, xmpp.TopLevel)
+    assert parser._root is not None and len(parser._root) == 0
