@@ -386,19 +386,8 @@ class Transaction:
         if request.method == "ACK":
             raise TransactionError("ACK never has a client transaction (RFC 3261 §17.1.1.3, §13.2.2.4)")
         kind = Kind.CLIENT_INVITE if request.method == "INVITE" else Kind.CLIENT_NON_INVITE
-        txn = cls(
-            kind=kind,
-            request=request,
-            key=client_key(request),
-            reliable=request.top_via.reliable if reliable is None else reliable,
-            peer=peer,
-            settings=settings or TimerSettings(),
-            events=events if events is not None else deque(),
-            outbox=outbox if outbox is not None else deque(),
-            on_timer=on_timer,
-        )
-        txn._enter(INITIAL[kind], now, None, None)
-        return txn
+        return cls._start(kind, request, client_key(request), now, None, peer, reliable, settings, events, outbox,
+                          on_timer)
 
     @classmethod
     def server(
@@ -417,10 +406,28 @@ class Transaction:
         if request.method == "ACK":
             raise TransactionError("ACK never creates a server transaction (RFC 3261 §17.2.3)")
         kind = Kind.SERVER_INVITE if request.method == "INVITE" else Kind.SERVER_NON_INVITE
+        return cls._start(kind, request, server_key(request), now, request, peer, reliable, settings, events,
+                          outbox, on_timer)
+
+    @classmethod
+    def _start(
+        cls,
+        kind: Kind,
+        request: SipRequest,
+        key: TransactionKey,
+        now: float,
+        received: SipRequest | None,
+        peer: Peer,
+        reliable: bool | None,
+        settings: TimerSettings | None,
+        events: deque[TransactionEvent] | None,
+        outbox: deque[Outgoing] | None,
+        on_timer: Callable[[Transaction, Timer, float], None] | None,
+    ) -> Transaction:
         txn = cls(
             kind=kind,
             request=request,
-            key=server_key(request),
+            key=key,
             reliable=request.top_via.reliable if reliable is None else reliable,
             peer=peer,
             settings=settings or TimerSettings(),
@@ -428,7 +435,7 @@ class Transaction:
             outbox=outbox if outbox is not None else deque(),
             on_timer=on_timer,
         )
-        txn._enter(INITIAL[kind], now, None, request)
+        txn._enter(INITIAL[kind], now, None, received)
         return txn
 
     @property
