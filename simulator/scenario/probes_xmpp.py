@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 
 from simulator.lab.addressing import HostKind
 from simulator.lab.xmpp import XMPP_GATEWAY_PORT, XMPP_S2S_PORT
@@ -29,26 +30,34 @@ def _check_answer(answer: ET.Element, stanza_id: str, where: str) -> None:
         raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{where}: answer does not match {stanza_id}")
 
 
+async def _through_gateway_link(ctx: ProbeContext, node: str, stanza_for: Callable[[str, str, str], bytes],
+                                suffix: str, timeout: float) -> ET.Element:
+    """As the Front End: open the gateway link to ``node`` (MTLS 23456), send one stanza, return its answer."""
+    frontend = peer(ctx, ClientRole.FRONT_END)
+    address, name = internal_target(ctx, node)
+    port = ctx.lab.port_map(XMPP_GATEWAY_PORT)
+    domain = ctx.lab.scenario.domain
+    stream, events = await open_gateway_link(address, port, ctx.lab.peer_client_context(frontend), name,
+                                             frontend.fqdn or frontend.name, domain, ctx.timeout,
+                                             source=host_of(ctx, frontend))
+    stanza_id = f"{ctx.rule.id}-{node}-{suffix}"
+    try:
+        answer = await exchange(stream, events, stanza_for(frontend.fqdn or "", domain, stanza_id), stanza_id,
+                                timeout, f"{address}:{port}")
+    finally:
+        await stream.close()
+    _check_answer(answer, stanza_id, f"{address}:{port}")
+    return answer
+
+
 @probe("xmpp-gateway-in")
 async def xmpp_gateway_in(ctx: ProbeContext, node: str) -> Outcome:
     """I1/X3: the Front End's XMPP gateway opens MTLS 23456 to the node, opens a stream, pings the Edge."""
 
     async def check() -> str:
-        frontend = peer(ctx, ClientRole.FRONT_END)
-        address, name = internal_target(ctx, node)
-        port = ctx.lab.port_map(XMPP_GATEWAY_PORT)
-        domain = ctx.lab.scenario.domain
-        stream, events = await open_gateway_link(address, port, ctx.lab.peer_client_context(frontend), name,
-                                                 frontend.fqdn or frontend.name, domain, ctx.timeout,
-                                                 source=host_of(ctx, frontend))
-        try:
-            stanza_id = f"{ctx.rule.id}-{node}-ping"
-            answer = await exchange(stream, events, ping(frontend.fqdn or "", domain, stanza_id), stanza_id,
-                                    ctx.timeout, f"{address}:{port}")
-        finally:
-            await stream.close()
-        _check_answer(answer, stanza_id, f"{address}:{port}")
-        return f"{address}:{port} stream open, ping answered by {answer.get('from')}"
+        answer = await _through_gateway_link(ctx, node, ping, "ping", ctx.timeout)
+        address, _ = internal_target(ctx, node)
+        return f"{address}:{ctx.lab.port_map(XMPP_GATEWAY_PORT)} stream open, ping answered by {answer.get('from')}"
 
     return await guarded(node, check)
 
@@ -85,21 +94,12 @@ async def xmpp_s2s_out(ctx: ProbeContext, node: str) -> Outcome:
     partner (SRV), opens 5269 to it from its public address, and relays the partner's receipt."""
 
     async def check() -> str:
-        frontend = peer(ctx, ClientRole.FRONT_END)
         partner = peer(ctx, ClientRole.XMPP_PARTNER)
-        address, name = internal_target(ctx, node)
-        port = ctx.lab.port_map(XMPP_GATEWAY_PORT)
-        domain = ctx.lab.scenario.domain
-        stream, events = await open_gateway_link(address, port, ctx.lab.peer_client_context(frontend), name,
-                                                 frontend.fqdn or frontend.name, domain, ctx.timeout,
-                                                 source=host_of(ctx, frontend))
-        try:
-            stanza_id = f"{ctx.rule.id}-{node}-out"
-            stanza = message_with_receipt_request(f"bob@{domain}", f"alice@{partner.domain}", stanza_id, "hi")
-            answer = await exchange(stream, events, stanza, stanza_id, ctx.timeout * 2, f"{address}:{port}")
-        finally:
-            await stream.close()
-        _check_answer(answer, stanza_id, f"via {node}")
+
+        def message(_sender: str, domain: str, stanza_id: str) -> bytes:
+            return message_with_receipt_request(f"bob@{domain}", f"alice@{partner.domain}", stanza_id, "hi")
+
+        answer = await _through_gateway_link(ctx, node, message, "out", ctx.timeout * 2)
         return f"{node} → {partner.domain}:5269 delivered, receipt from {answer.get('from')}"
 
     return await guarded(node, check)
