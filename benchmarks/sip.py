@@ -6,7 +6,7 @@ Measured in one run on this machine:
   ACK/BYE: two transactions per call, INVITE and BYE), the peer's own ceiling;
 * **SIPp → stunnel → Access Edge → Director** — ``tests/access/sipp/register.xml`` (2 REGISTER
   transactions per call: 401 then 200) and ``message.xml`` (1 MESSAGE transaction per call);
-* **edgesim client → Access Edge → Director** — :class:`~simulator.net.sip_client.RemoteUser` sign-ins and
+* **edgesim client → Access Edge → Director** — :class:`~simulator.net.clients.sip_client.RemoteUser` sign-ins and
   MESSAGEs on one persistent TLS connection, ``CONCURRENCY`` in flight.
 
 Every run is bounded (``-m`` calls or a duration, plus timeouts). The last line is one JSON object with
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from simulator.lab.access import access_edge_address, remote_user_session, user_accounts
 from simulator.lab.topology import Lab
-from simulator.scenario.loader import load_scenario
+from simulator.spec.loader import load_scenario
 from tests.access.sipp_harness import (
     SIPP_DIR,
     SIPP_HOST,
@@ -91,7 +91,7 @@ async def sipp_through_edge(lab: Lab, folder: Path, calls: int) -> tuple[float, 
 async def edgesim_client(lab: Lab, seconds: float) -> tuple[float, float]:
     accounts = user_accounts(lab)
     async with remote_user_session(lab, "edge1", seed=SEED) as user:
-        from simulator.net.sip_client import RemoteUser
+        from simulator.net.clients.sip_client import RemoteUser
 
         peers = [RemoteUser(user.client, user.user, user.domain, user.password) for _ in range(CONCURRENCY)]
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from simulator.scenario.loader import load_scenario
-from simulator.scenario.schema import Scenario
+from simulator.spec.loader import load_scenario
+from simulator.spec.schema import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "scenarios" / "lync2013-scaled-edge-dns-nat.yaml"

@@ -20,17 +20,25 @@ Nothing reads a clock: every call takes ``now`` (seconds, any monotonic origin).
 what :meth:`TransactionLayer.messages_to_send` returns, hands :meth:`TransactionLayer.next_event`
 results to the TU, and arms one timer at :meth:`TransactionLayer.get_timer` that calls
 :meth:`TransactionLayer.handle_timer`. :class:`TransactionLayer` matches messages to transactions by
-branch + sent-by + method (§17.1.3, §17.2.3) and creates server transactions for new requests.
+branch + sent-by + method (§17.1.3, §17.2.3) and creates server transactions for new requests. The peer a
+message comes from or goes to is opaque (the type parameter ``P``: an address, a connection object).
+The shipped TU is :class:`~simulator.core.sip_element.SipElement` (proxy, registrar, user agent).
+
+Every message of a SIP server runs through this table, so the machinery runs a compiled copy of it
+(:data:`_ROWS`: actions resolved to their functions) and, over reliable transports, :data:`_RELIABLE_ROWS`,
+where a row that starts only a zero wait timer is merged with the row that timer fires: Completed is
+left the instant it is entered anyway, so the transaction goes to Terminated in one step, with the same
+effects in the same order (a test drives both tables side by side).
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, auto
-from typing import NamedTuple, TypeAlias
+from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 from simulator.wire.sip import (
     BRANCH_MAGIC_COOKIE,
@@ -41,14 +49,22 @@ from simulator.wire.sip import (
     make_response,
 )
 
-Peer: TypeAlias = Hashable  # opaque to the core: (host, port), a connection id …
+P = TypeVar("P")  # the peer a message comes from or goes to, opaque to the core: (host, port), a connection …
 
 
 class TransactionError(Exception):
     """The TU asked for something the transaction cannot do (not a wire error)."""
 
 
-class Kind(Enum):
+class _Symbol(Enum):
+    """An enum hashed by identity (members compare by identity anyway): ``Enum.__hash__`` is a Python function,
+    and the table below is looked up on every message.
+    """
+
+    __hash__ = object.__hash__
+
+
+class Kind(_Symbol):
     """The four transaction machines of RFC 3261 §17."""
 
     CLIENT_INVITE = auto()  # §17.1.1, Figure 5
@@ -57,7 +73,7 @@ class Kind(Enum):
     SERVER_NON_INVITE = auto()  # §17.2.2, Figure 8
 
 
-class State(Enum):
+class State(_Symbol):
     """Transaction states (RFC 3261 §17)."""
 
     CALLING = auto()
@@ -68,7 +84,7 @@ class State(Enum):
     TERMINATED = auto()
 
 
-class Timer(Enum):
+class Timer(_Symbol):
     """RFC 3261 Table 4 timers."""
 
     A = "A"  # INVITE request retransmit (UDP)
@@ -83,7 +99,7 @@ class Timer(Enum):
     K = "K"  # wait for non-INVITE response retransmits
 
 
-class Input(Enum):
+class Input(_Symbol):
     """Non-timer inputs."""
 
     RECV_1XX = auto()
@@ -97,7 +113,7 @@ class Input(Enum):
     TRANSPORT_ERROR = auto()  # §17.1.4, §17.2.4
 
 
-class Action(Enum):
+class Action(_Symbol):
     """Effects of a transition."""
 
     PASS_UP = auto()  # hand the received message to the TU
@@ -204,12 +220,20 @@ class TimerSettings:
     t2: float = 4.0
     t4: float = 5.0
     timer_d: float = 32.0  # "at least 32 s" for unreliable transports
+    _reliable: dict[Timer, float | None] = field(init=False, repr=False, compare=False, hash=False)
+    _unreliable: dict[Timer, float | None] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_reliable", {t: f(self) for t, f in _RELIABLE_INTERVALS.items()})
+        object.__setattr__(self, "_unreliable", {t: f(self) for t, f in _UNRELIABLE_INTERVALS.items()})
 
     def initial(self, timer: Timer, reliable: bool) -> float | None:
         """First interval of ``timer``; ``None`` when it is not started on this transport."""
-        if reliable:
-            return _RELIABLE_INTERVALS[timer](self)
-        return _UNRELIABLE_INTERVALS[timer](self)
+        return self.intervals(reliable)[timer]
+
+    def intervals(self, reliable: bool) -> dict[Timer, float | None]:
+        """Every timer's first interval on a reliable or unreliable transport (read-only)."""
+        return self._reliable if reliable else self._unreliable
 
 
 _UNRELIABLE_INTERVALS: dict[Timer, Callable[[TimerSettings], float | None]] = {
@@ -236,9 +260,14 @@ _RELIABLE_INTERVALS: dict[Timer, Callable[[TimerSettings], float | None]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class TransactionKey:
-    """Matching key (§17.1.3: branch + CSeq method; §17.2.3: branch + sent-by + method, ACK → INVITE)."""
+_DEFAULT_SETTINGS = TimerSettings()
+
+
+class TransactionKey(NamedTuple):
+    """Matching key (§17.1.3: branch + CSeq method; §17.2.3: branch + sent-by + method, ACK → INVITE).
+
+    A tuple, so hashing it (every dict lookup of every message) runs in C.
+    """
 
     branch: str
     method: str
@@ -270,12 +299,12 @@ def _branch(message: SipMessage) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class RequestReceived:
+class RequestReceived(Generic[P]):
     """A new request for the TU (server transaction ``key`` created)."""
 
     key: TransactionKey
     request: SipRequest
-    peer: Peer
+    peer: P
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,65 +338,91 @@ class TransactionTerminated:
 
 
 @dataclass(frozen=True, slots=True)
-class StrayResponse:
+class StrayResponse(Generic[P]):
     """A response matching no client transaction (2xx retransmissions to INVITE, §17.1.1.2)."""
 
     response: SipResponse
-    peer: Peer
+    peer: P
 
 
 @dataclass(frozen=True, slots=True)
-class StrayAck:
+class StrayAck(Generic[P]):
     """An ACK matching no server transaction: the ACK for a 2xx, the TU's (dialog's) business (§17.2.1)."""
 
     request: SipRequest
-    peer: Peer
+    peer: P
 
 
 TransactionEvent: TypeAlias = (
-    RequestReceived
+    RequestReceived[P]
     | ResponseReceived
     | TransactionTimedOut
     | TransportFailed
     | TransactionTerminated
-    | StrayResponse
-    | StrayAck
+    | StrayResponse[P]
+    | StrayAck[P]
 )
 
 
 @dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(Generic[P]):
     """A message to write to ``peer``."""
 
     message: SipMessage
-    peer: Peer
+    peer: P
 
 
 # ------------------------------------------------------------------------------------- transaction
 
 
-@dataclass(eq=False)
-class Transaction:
+class Transaction(Generic[P]):
     """One transaction; see the module docstring.
 
     Build client transactions with :meth:`client` and server ones with :meth:`server`. ``events`` and
-    ``outbox`` may be shared with a :class:`TransactionLayer`; ``on_timer`` tells it a deadline changed.
+    ``outbox`` may be shared with a :class:`TransactionLayer`; ``on_timer`` tells it a deadline changed;
+    ``report_terminated`` says whether its end is queued as :class:`TransactionTerminated`.
     """
 
-    kind: Kind
-    request: SipRequest
-    key: TransactionKey
-    reliable: bool
-    peer: Peer = None
-    settings: TimerSettings = field(default_factory=TimerSettings)
-    events: deque[TransactionEvent] = field(default_factory=deque)
-    outbox: deque[Outgoing] = field(default_factory=deque)
-    on_timer: Callable[[Transaction, Timer, float], None] | None = None
-    state: State = State.TERMINATED
-    last_response: SipResponse | None = None
-    ack: SipRequest | None = None
-    _deadlines: dict[Timer, float] = field(default_factory=dict)
-    _intervals: dict[Timer, float] = field(default_factory=dict)
+    __slots__ = (
+        "_deadlines",
+        "_initial",
+        "_intervals",
+        "_rows",
+        "ack",
+        "events",
+        "key",
+        "kind",
+        "last_response",
+        "on_timer",
+        "outbox",
+        "peer",
+        "reliable",
+        "report_terminated",
+        "request",
+        "settings",
+        "state",
+    )
+
+    def __init__(self, kind: Kind, request: SipRequest, key: TransactionKey, reliable: bool, peer: P,
+                 settings: TimerSettings, events: deque[TransactionEvent[P]], outbox: deque[Outgoing[P]],
+                 on_timer: Callable[[Transaction[P], Timer, float], None] | None, report_terminated: bool) -> None:
+        self.kind = kind
+        self.request = request
+        self.key = key
+        self.reliable = reliable
+        self.peer = peer
+        self.settings = settings
+        self.events = events
+        self.outbox = outbox
+        self.on_timer = on_timer
+        self.report_terminated = report_terminated
+        self.state = State.TERMINATED  # until the initial row is entered
+        self.last_response: SipResponse | None = None
+        self.ack: SipRequest | None = None
+        self._deadlines: dict[Timer, float] = {}
+        self._intervals: dict[Timer, float] | None = None  # of the retransmission timers (A, E, G), doubled on restart
+        self._initial = settings._reliable if reliable else settings._unreliable
+        self._rows = _RELIABLE_ROWS if reliable else _ROWS
 
     @classmethod
     def client(
@@ -375,19 +430,21 @@ class Transaction:
         request: SipRequest,
         now: float,
         *,
-        peer: Peer = None,
+        peer: P,
         reliable: bool | None = None,
         settings: TimerSettings | None = None,
-        events: deque[TransactionEvent] | None = None,
-        outbox: deque[Outgoing] | None = None,
-        on_timer: Callable[[Transaction, Timer, float], None] | None = None,
-    ) -> Transaction:
-        """Start a client transaction and queue ``request`` for sending (§17.1.1.2, §17.1.2.2)."""
+        events: deque[TransactionEvent[P]] | None = None,
+        outbox: deque[Outgoing[P]] | None = None,
+        on_timer: Callable[[Transaction[P], Timer, float], None] | None = None,
+        key: TransactionKey | None = None,
+        report_terminated: bool = True,
+    ) -> Transaction[P]:
+        """Start a client transaction and queue ``request`` for sending (§17.1.1.2, §17.1.2.2); ``key`` when known."""
         if request.method == "ACK":
             raise TransactionError("ACK never has a client transaction (RFC 3261 §17.1.1.3, §13.2.2.4)")
         kind = Kind.CLIENT_INVITE if request.method == "INVITE" else Kind.CLIENT_NON_INVITE
-        return cls._start(kind, request, client_key(request), now, None, peer, reliable, settings, events, outbox,
-                          on_timer)
+        return cls._start(kind, request, key or client_key(request), now, None, peer, reliable, settings, events,
+                          outbox, on_timer, report_terminated)
 
     @classmethod
     def server(
@@ -395,19 +452,21 @@ class Transaction:
         request: SipRequest,
         now: float,
         *,
-        peer: Peer = None,
+        peer: P,
         reliable: bool | None = None,
         settings: TimerSettings | None = None,
-        events: deque[TransactionEvent] | None = None,
-        outbox: deque[Outgoing] | None = None,
-        on_timer: Callable[[Transaction, Timer, float], None] | None = None,
-    ) -> Transaction:
-        """Start a server transaction for a new request and pass it to the TU (§17.2)."""
+        events: deque[TransactionEvent[P]] | None = None,
+        outbox: deque[Outgoing[P]] | None = None,
+        on_timer: Callable[[Transaction[P], Timer, float], None] | None = None,
+        key: TransactionKey | None = None,
+        report_terminated: bool = True,
+    ) -> Transaction[P]:
+        """Start a server transaction for a new request and pass it to the TU (§17.2); ``key`` when known."""
         if request.method == "ACK":
             raise TransactionError("ACK never creates a server transaction (RFC 3261 §17.2.3)")
         kind = Kind.SERVER_INVITE if request.method == "INVITE" else Kind.SERVER_NON_INVITE
-        return cls._start(kind, request, server_key(request), now, request, peer, reliable, settings, events,
-                          outbox, on_timer)
+        return cls._start(kind, request, key or server_key(request), now, request, peer, reliable, settings, events,
+                          outbox, on_timer, report_terminated)
 
     @classmethod
     def _start(
@@ -417,30 +476,23 @@ class Transaction:
         key: TransactionKey,
         now: float,
         received: SipRequest | None,
-        peer: Peer,
+        peer: P,
         reliable: bool | None,
         settings: TimerSettings | None,
-        events: deque[TransactionEvent] | None,
-        outbox: deque[Outgoing] | None,
-        on_timer: Callable[[Transaction, Timer, float], None] | None,
-    ) -> Transaction:
-        txn = cls(
-            kind=kind,
-            request=request,
-            key=key,
-            reliable=request.top_via.reliable if reliable is None else reliable,
-            peer=peer,
-            settings=settings or TimerSettings(),
-            events=events if events is not None else deque(),
-            outbox=outbox if outbox is not None else deque(),
-            on_timer=on_timer,
-        )
-        txn._enter(INITIAL[kind], now, None, received)
+        events: deque[TransactionEvent[P]] | None,
+        outbox: deque[Outgoing[P]] | None,
+        on_timer: Callable[[Transaction[P], Timer, float], None] | None,
+        report_terminated: bool = True,
+    ) -> Transaction[P]:
+        txn = cls(kind, request, key, request.top_via.reliable if reliable is None else reliable, peer,
+                  settings or _DEFAULT_SETTINGS, events if events is not None else deque(),
+                  outbox if outbox is not None else deque(), on_timer, report_terminated)
+        txn._enter(_INITIAL_ROWS[kind], now, None, received)
         return txn
 
     @property
     def is_server(self) -> bool:
-        return self.kind in (Kind.SERVER_INVITE, Kind.SERVER_NON_INVITE)
+        return self.kind in _SERVER_KINDS
 
     @property
     def terminated(self) -> bool:
@@ -451,18 +503,18 @@ class Transaction:
     def receive(self, message: SipMessage, now: float) -> None:
         """A message from the wire that matched this transaction."""
         if isinstance(message, SipResponse):
-            if self.is_server:
+            if self.kind in _SERVER_KINDS:
                 return
             inp = _RECV_BY_CLASS.get(message.status // 100, Input.RECV_3XX_6XX)
         else:
-            if not self.is_server:
+            if self.kind not in _SERVER_KINDS:
                 return
             inp = Input.RECV_ACK if message.method == "ACK" else Input.RECV_REQUEST
         self._apply(inp, now, message)
 
     def send(self, response: SipResponse, now: float) -> None:
         """The TU's response (server transactions only)."""
-        if not self.is_server:
+        if self.kind not in _SERVER_KINDS:
             raise TransactionError("only server transactions send responses")
         self._apply(_SEND_BY_CLASS.get(response.status // 100, Input.SEND_3XX_6XX), now, response)
 
@@ -487,11 +539,11 @@ class Transaction:
         """Deadline of one timer, ``None`` when it is not running."""
         return self._deadlines.get(timer)
 
-    def next_event(self) -> TransactionEvent | None:
+    def next_event(self) -> TransactionEvent[P] | None:
         """Next event for the TU, ``None`` when none is queued."""
         return self.events.popleft() if self.events else None
 
-    def messages_to_send(self) -> list[Outgoing]:
+    def messages_to_send(self) -> list[Outgoing[P]]:
         """Drain the messages to write."""
         out = list(self.outbox)
         self.outbox.clear()
@@ -500,39 +552,50 @@ class Transaction:
     # -- machinery
 
     def _apply(self, inp: TransitionInput, now: float, message: SipMessage | None) -> None:
-        row = TRANSITIONS.get((self.kind, self.state, inp))
+        row = self._rows.get((self.kind, self.state, inp))
         if row is None:
             if inp in _TU_INPUTS:
                 raise TransactionError(f"{self.kind.name} in {self.state.name} cannot take {inp}")
             return  # absorbed
         self._enter(row, now, inp, message)
 
-    def _enter(self, row: Transition, now: float, inp: TransitionInput | None, message: SipMessage | None) -> None:
-        if row.target is not self.state:
-            keep = SURVIVING_TIMERS.get((self.kind, row.target), frozenset())
-            for timer in [t for t in self._deadlines if t not in keep]:
-                del self._deadlines[timer]
-            self.state = row.target
-        for action in row.actions:
-            _EFFECTS[action](self, now, inp, message)
-        immediate: list[Timer] = []
-        for timer in row.start:
-            interval = self.settings.initial(timer, self.reliable)
-            if interval is None:
-                continue
-            if interval == 0:
-                immediate.append(timer)
-            else:
-                self._arm(timer, interval, now)
-        if self.state is State.TERMINATED:
+    def _enter(self, row: _Row, now: float, inp: TransitionInput | None, message: SipMessage | None) -> None:
+        target, effects, start = row
+        if target is not self.state:
+            deadlines = self._deadlines
+            if deadlines:
+                keep = SURVIVING_TIMERS.get((self.kind, target))
+                if keep is None:
+                    deadlines.clear()
+                else:
+                    for timer in [t for t in deadlines if t not in keep]:
+                        del deadlines[timer]
+            self.state = target
+        for effect in effects:
+            effect(self, now, inp, message)
+        immediate: list[Timer] | None = None
+        if start:
+            initial = self._initial
+            for timer in start:
+                interval = initial[timer]
+                if interval:
+                    self._arm(timer, interval, now)
+                elif interval is not None:
+                    immediate = [timer] if immediate is None else [*immediate, timer]
+        if target is State.TERMINATED:
             self._deadlines.clear()
-            self.events.append(TransactionTerminated(self.key))
+            if self.report_terminated:
+                self.events.append(TransactionTerminated(self.key))
             return
-        for timer in immediate:  # reliable transport: D/I/J/K are zero
-            self._apply(timer, now, None)
+        if immediate is not None:
+            for timer in immediate:  # reliable transport: D/I/J/K are zero
+                self._apply(timer, now, None)
 
     def _arm(self, timer: Timer, interval: float, now: float) -> None:
-        self._intervals[timer] = interval
+        if timer in _RETRANSMIT_TIMERS:
+            if self._intervals is None:
+                self._intervals = {}
+            self._intervals[timer] = interval
         deadline = now + interval
         self._deadlines[timer] = deadline
         if self.on_timer is not None:
@@ -568,11 +631,11 @@ class Transaction:
         self._arm(timer, interval, now)
 
     def _restart_doubled(self, now: float, inp: TransitionInput | None, message: SipMessage | None) -> None:
-        assert isinstance(inp, Timer)
+        assert isinstance(inp, Timer) and self._intervals is not None
         self._restart(inp, 2 * self._intervals[inp], now)
 
     def _restart_doubled_capped(self, now: float, inp: TransitionInput | None, message: SipMessage | None) -> None:
-        assert isinstance(inp, Timer)
+        assert isinstance(inp, Timer) and self._intervals is not None
         self._restart(inp, min(2 * self._intervals[inp], self.settings.t2), now)
 
     def _restart_at_t2(self, now: float, inp: TransitionInput | None, message: SipMessage | None) -> None:
@@ -587,7 +650,10 @@ class Transaction:
         self.events.append(TransportFailed(self.key))
 
 
-_Effect: TypeAlias = Callable[[Transaction, float, "TransitionInput | None", "SipMessage | None"], None]
+_SERVER_KINDS = frozenset({Kind.SERVER_INVITE, Kind.SERVER_NON_INVITE})
+_RETRANSMIT_TIMERS = frozenset({Timer.A, Timer.E, Timer.G})
+
+_Effect: TypeAlias = Callable[["Transaction[Any]", float, "TransitionInput | None", "SipMessage | None"], None]
 _EFFECTS: dict[Action, _Effect] = {
     Action.PASS_UP: Transaction._pass_up,
     Action.SEND_REQUEST: Transaction._send_request,
@@ -601,81 +667,141 @@ _EFFECTS: dict[Action, _Effect] = {
     Action.REPORT_TRANSPORT_ERROR: Transaction._report_transport_error,
 }
 
+# The tables with each action resolved to its function, as the machinery runs them.
+_Row: TypeAlias = tuple[State, tuple[_Effect, ...], tuple[Timer, ...]]
+
+
+def _compile(row: Transition) -> _Row:
+    return row.target, tuple(_EFFECTS[action] for action in row.actions), row.start
+
+
+# Over a reliable transport the wait timers D, I, J, K are zero: a row that starts only one of them, into a state
+# where it leads on to a row that starts nothing, is the two rows in one (Completed → Terminated at once, §17.1.1.2,
+# §17.1.2.2, §17.2.1, §17.2.2): the same effects in the same order, one lookup and one state change fewer.
+_ZERO_WHEN_RELIABLE = frozenset(t for t, f in _RELIABLE_INTERVALS.items() if f(_DEFAULT_SETTINGS) == 0)
+
+
+def _compile_reliable(kind: Kind, row: Transition) -> _Row:
+    started = [t for t in row.start if _RELIABLE_INTERVALS[t](_DEFAULT_SETTINGS) is not None]
+    if len(started) == 1 and started[0] in _ZERO_WHEN_RELIABLE and row.target is not State.TERMINATED:
+        then = TRANSITIONS.get((kind, row.target, started[0]))
+        if then is not None and not then.start:
+            return then.target, tuple(_EFFECTS[a] for a in (*row.actions, *then.actions)), ()
+    return _compile(row)
+
+
+_INITIAL_ROWS: dict[Kind, _Row] = {kind: _compile(row) for kind, row in INITIAL.items()}
+_ROWS: dict[tuple[Kind, State, TransitionInput], _Row] = {key: _compile(row) for key, row in TRANSITIONS.items()}
+_RELIABLE_ROWS: dict[tuple[Kind, State, TransitionInput], _Row] = {
+    key: _compile_reliable(key[0], row) for key, row in TRANSITIONS.items()
+}
+
 
 # ------------------------------------------------------------------------------------------- layer
 
+_COMPACT_MIN = 4096  # heap entries below which stale ones are left for get_timer() to pop
 
-class TransactionLayer:
+
+class TransactionLayer(Generic[P]):
     """All transactions of one SIP element, matched by key; one timer heap for all of them.
+
+    ``events`` and ``outbox`` are the queues every transaction of the layer writes to, drained by
+    :meth:`next_event` and :meth:`messages_to_send` (or directly, by a TU that owns the layer).
 
     ``auto_trying``: a new INVITE server transaction answers 100 Trying at once (§17.2.1 allows the
     transaction to do it; a proxy such as the Access Edge always wants it).
+
+    A transaction that ends early leaves its timers in the heap; they are skipped when they reach the top, and
+    the heap is rebuilt from the live ones when it has grown to twice what it held after the last rebuild (a
+    proxy over TLS ends nearly every transaction long before its Timer F).
     """
 
-    def __init__(self, *, settings: TimerSettings | None = None, auto_trying: bool = True) -> None:
-        self.settings = settings or TimerSettings()
+    def __init__(self, *, settings: TimerSettings | None = None, auto_trying: bool = True,
+                 report_terminated: bool = True) -> None:
+        self.settings = settings or _DEFAULT_SETTINGS
         self.auto_trying = auto_trying
-        self._transactions: dict[TransactionKey, Transaction] = {}
-        self._events: deque[TransactionEvent] = deque()
-        self._outbox: deque[Outgoing] = deque()
+        self.report_terminated = report_terminated
+        self._transactions: dict[TransactionKey, Transaction[P]] = {}
+        self.events: deque[TransactionEvent[P]] = deque()
+        self.outbox: deque[Outgoing[P]] = deque()
         self._heap: list[tuple[float, int, TransactionKey, Timer]] = []
-        self._counter = 0
+        # how many deadlines were ever set: a shell compares it to know whether get_timer() may have moved earlier
+        self.timers_started = 0
+        self._compact_at = _COMPACT_MIN
 
     def __len__(self) -> int:
         return len(self._transactions)
 
-    def get(self, key: TransactionKey) -> Transaction | None:
+    def get(self, key: TransactionKey) -> Transaction[P] | None:
         """The live transaction with ``key``."""
         return self._transactions.get(key)
 
-    def _schedule(self, txn: Transaction, timer: Timer, deadline: float) -> None:
-        self._counter += 1
-        heapq.heappush(self._heap, (deadline, self._counter, txn.key, timer))
+    def _schedule(self, txn: Transaction[P], timer: Timer, deadline: float) -> None:
+        self.timers_started += 1
+        heapq.heappush(self._heap, (deadline, self.timers_started, txn.key, timer))
+        if len(self._heap) > self._compact_at:
+            self._compact()
 
-    def _track(self, txn: Transaction) -> Transaction:
-        if txn.terminated:
+    def _is_live(self, key: TransactionKey, timer: Timer, deadline: float) -> bool:
+        txn = self._transactions.get(key)
+        return txn is not None and txn._deadlines.get(timer) == deadline
+
+    def _compact(self) -> None:
+        self._heap = [entry for entry in self._heap if self._is_live(entry[2], entry[3], entry[0])]
+        heapq.heapify(self._heap)
+        self._compact_at = max(_COMPACT_MIN, 2 * len(self._heap))
+
+    def _track(self, txn: Transaction[P]) -> Transaction[P]:
+        if txn.state is State.TERMINATED:
             self._transactions.pop(txn.key, None)
         else:
             self._transactions[txn.key] = txn
         return txn
 
     def send_request(
-        self, request: SipRequest, now: float, peer: Peer = None, *, reliable: bool | None = None
-    ) -> Transaction:
-        """Start a client transaction for ``request`` (not ACK: use :meth:`send_stateless`)."""
+        self, request: SipRequest, now: float, peer: P, *, reliable: bool | None = None, branch: str | None = None
+    ) -> Transaction[P]:
+        """Start a client transaction for ``request`` (not ACK: use :meth:`send_stateless`).
+
+        ``branch``: the RFC 3261 branch of the request's top Via, when the caller just wrote it (spares parsing
+        the Via again).
+        """
         txn = Transaction.client(
             request,
             now,
             peer=peer,
             reliable=reliable,
             settings=self.settings,
-            events=self._events,
-            outbox=self._outbox,
+            events=self.events,
+            outbox=self.outbox,
             on_timer=self._schedule,
+            key=None if branch is None else TransactionKey(branch, request.cseq.method, "", False),
+            report_terminated=self.report_terminated,
         )
         if txn.key in self._transactions:
             raise TransactionError(f"a transaction with branch {txn.key.branch!r} already exists")
         return self._track(txn)
 
-    def send_response(self, response: SipResponse, now: float) -> Transaction:
-        """Send the TU's response through the server transaction it answers."""
-        key = TransactionKey(_branch(response), response.cseq.method, response.top_via.sent_by.lower(), True)
+    def send_response(self, response: SipResponse, now: float, key: TransactionKey | None = None) -> Transaction[P]:
+        """Send the TU's response through the server transaction it answers (``key``, or found from its Via)."""
+        if key is None:
+            key = TransactionKey(_branch(response), response.cseq.method, response.top_via.sent_by.lower(), True)
         txn = self._transactions.get(key)
         if txn is None:
             raise TransactionError(f"no server transaction for {key}")
         txn.send(response, now)
         return self._track(txn)
 
-    def send_stateless(self, message: SipMessage, peer: Peer = None) -> None:
+    def send_stateless(self, message: SipMessage, peer: P) -> None:
         """Queue a message outside any transaction (ACK for 2xx, 2xx retransmissions by the TU)."""
-        self._outbox.append(Outgoing(message, peer))
+        self.outbox.append(Outgoing(message, peer))
 
-    def receive(self, message: SipMessage, now: float, peer: Peer = None, *, reliable: bool | None = None) -> None:
+    def receive(self, message: SipMessage, now: float, peer: P, *, reliable: bool | None = None) -> None:
         """A parsed message from the wire: feed the matching transaction, or create/report (§17.1.3, §17.2.3)."""
         if isinstance(message, SipResponse):
             txn = self._transactions.get(client_key(message))
             if txn is None:
-                self._events.append(StrayResponse(message, peer))
+                self.events.append(StrayResponse(message, peer))
                 return
             txn.receive(message, now)
             self._track(txn)
@@ -687,7 +813,7 @@ class TransactionLayer:
             self._track(txn)
             return
         if message.method == "ACK":
-            self._events.append(StrayAck(message, peer))
+            self.events.append(StrayAck(message, peer))
             return
         txn = Transaction.server(
             message,
@@ -695,15 +821,17 @@ class TransactionLayer:
             peer=peer,
             reliable=reliable,
             settings=self.settings,
-            events=self._events,
-            outbox=self._outbox,
+            events=self.events,
+            outbox=self.outbox,
             on_timer=self._schedule,
+            key=key,
+            report_terminated=self.report_terminated,
         )
         self._track(txn)
         if self.auto_trying and txn.kind is Kind.SERVER_INVITE:
             txn.send(make_response(message, 100), now)  # §17.2.1
 
-    def invite_for_cancel(self, cancel: SipRequest) -> Transaction | None:
+    def invite_for_cancel(self, cancel: SipRequest) -> Transaction[P] | None:
         """The INVITE server transaction a CANCEL targets (§9.2: same key but the method)."""
         key = server_key(cancel)
         return self._transactions.get(TransactionKey(key.branch, "INVITE", key.sent_by, True))
@@ -715,13 +843,18 @@ class TransactionLayer:
             txn.handle_transport_error(now)
             self._track(txn)
 
+    def discard(self, key: TransactionKey) -> Transaction[P] | None:
+        """Forget transaction ``key`` without running its table: the TU has given up on it (a proxy whose
+        Timer C fired, RFC 3261 §16.8). Later messages with its key are stray, or start a new transaction.
+        """
+        return self._transactions.pop(key, None)
+
     def get_timer(self) -> float | None:
         """Earliest deadline across all transactions, ``None`` when idle."""
         heap = self._heap
         while heap:
             deadline, _, key, timer = heap[0]
-            txn = self._transactions.get(key)
-            if txn is not None and txn.timer_deadline(timer) == deadline:
+            if self._is_live(key, timer, deadline):
                 return deadline
             heapq.heappop(heap)  # stale: cancelled, restarted or transaction gone
         return None
@@ -734,12 +867,12 @@ class TransactionLayer:
             txn.handle_timer(now)
             self._track(txn)
 
-    def next_event(self) -> TransactionEvent | None:
+    def next_event(self) -> TransactionEvent[P] | None:
         """Next event for the TU, ``None`` when none is queued."""
-        return self._events.popleft() if self._events else None
+        return self.events.popleft() if self.events else None
 
-    def messages_to_send(self) -> list[Outgoing]:
+    def messages_to_send(self) -> list[Outgoing[P]]:
         """Drain the messages to write."""
-        out = list(self._outbox)
-        self._outbox.clear()
+        out = list(self.outbox)
+        self.outbox.clear()
         return out

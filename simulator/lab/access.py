@@ -14,11 +14,9 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import random
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,25 +26,27 @@ from typing import TYPE_CHECKING
 from simulator.lab.addressing import HostKind
 from simulator.lab.clients import open_tcp
 from simulator.lab.names import DNS_PORT
-from simulator.lab.services import lab_service, node_service
-from simulator.net.access_edge import (
-    AccessEdge,
-    AccessEdgeConfig,
-    EdgeContexts,
-    MrasConfig,
-    MrasService,
-    NextHop,
-    run_until_stopped,
-    wait_for_stop,
+from simulator.net.clients.sip_client import (
+    RemoteUser,
+    SipClient,
+    TlsOpener,
+    mras_request_body,
+    one_request,
+    parse_mras_answer,
+    require_success,
 )
-from simulator.net.edge import Service
-from simulator.net.frontend import FrontEndConfig, FrontEndServer
-from simulator.net.resolver import StubResolver
-from simulator.net.sip_client import RemoteUser, SipClient, TlsOpener
-from simulator.net.sip_partner import PartnerEdgeServer
-from simulator.net.tls import client_context, server_context
-from simulator.scenario.schema import ClientRole, Scenario
-from simulator.scenario.schema import EdgeNode as NodeSpec
+from simulator.net.edge.access_edge import AccessEdge, AccessEdgeConfig, EdgeContexts
+from simulator.net.edge.av_edge import loop_unix_time
+from simulator.net.edge.mras import MrasConfig, MrasService
+from simulator.net.peers.frontend import FrontEndConfig, FrontEndServer
+from simulator.net.peers.sip_partner import PartnerEdgeServer
+from simulator.net.transport.resolver import StubResolver
+from simulator.net.transport.service import Service
+from simulator.net.transport.sip_route import NextHop
+from simulator.net.transport.tls import client_context, server_context
+from simulator.outcome import ProbeFailure, Reason
+from simulator.spec.schema import ClientRole, Scenario
+from simulator.spec.schema import EdgeNode as NodeSpec
 from simulator.wire import mras
 
 if TYPE_CHECKING:
@@ -100,16 +100,15 @@ def _internal_server(lab: Lab) -> NextHop:
 
 
 def access_edge_address(lab: Lab, node: str) -> str:
-    """Where a node's Access Edge listens for the outside (its public address; the 1:1 NAT is DNAT only)."""
-    return lab.external_bind(node, "access")
+    """Where outsiders reach a node's Access Edge: its public address (the 1:1 NAT is DNAT only)."""
+    return lab.public_address(node, "access")
 
 
-@node_service
 def access_edge_services(lab: Lab, node: NodeSpec) -> dict[str, Service]:
     files = lab.files
     assert files is not None
     pool = lab.scenario.edge_pool
-    external = access_edge_address(lab, node.name)
+    external = lab.external_bind(node.name, "access")
     internal = lab.plan.one(node.name, HostKind.EDGE_INTERNAL).address
     config = AccessEdgeConfig(
         node=node.name, domain=lab.scenario.domain, access_fqdn=pool.access_fqdn,
@@ -127,13 +126,13 @@ def access_edge_services(lab: Lab, node: NodeSpec) -> dict[str, Service]:
     edge = AccessEdge(config, contexts, _internal_server(lab), resolver, lab.port_map, rng, lab.internal_peer_names)
     relays = (mras.MediaRelay(mras.MrasLocation.INTRANET, pool.internal_fqdn),
               mras.MediaRelay(mras.MrasLocation.INTERNET, pool.av_fqdn))
+    # Credentials expire on the clock the pool's A/V Edges check them with: the loop's, in Unix seconds.
     mras_service = MrasService(MrasConfig(node.name, relays), internal, lab.port_map(MRAS_PORT),
                                lab.internal_server_context(), lab.internal_peer_names, lab.credentials,
-                               random.Random(f"{lab.scenario.seed}:mras:{node.name}"))
+                               random.Random(f"{lab.scenario.seed}:mras:{node.name}"), clock=loop_unix_time)
     return {"access-edge": edge, **edge.listeners, "mras": mras_service}
 
 
-@lab_service
 def sip_lab_services(lab: Lab) -> dict[str, Service]:
     files = lab.files
     assert files is not None
@@ -146,7 +145,7 @@ def sip_lab_services(lab: Lab) -> dict[str, Service]:
     accounts = {account.user: account.password for account in user_accounts(lab)}
     services: dict[str, Service] = {}
     for client in lab.scenario.clients:
-        if client.fqdn is None or not lab.plan.of(client.name, HostKind.CLIENT):
+        if client.fqdn is None or not lab.plan.of(client.name, HostKind.CLIENT) or not lab.placement.runs(client):
             continue
         host = lab.plan.of(client.name, HostKind.CLIENT)[0].address
         rng = random.Random(f"{lab.scenario.seed}:sip:{client.name}")
@@ -210,40 +209,28 @@ async def request_mras_credentials(lab: Lab, node: str, *, index: int = 0, timeo
         return await user.request_mras(timeout, location=location)
 
 
-# ------------------------------------------------------------------------------------------- serve
+async def frontend_mras_credentials(lab: Lab, node: str, rng: random.Random, *, timeout: float = 5.0,
+                                    location: mras.MrasLocation = mras.MrasLocation.INTRANET
+                                    ) -> tuple[str, mras.MrasResponse]:
+    """A/V credentials the way the Front End gets them for an internal user (research §1.3): SERVICE from the
+    Front End's address over mutual TLS straight to ``node``'s MRAS on the internal interface (5062).
 
-
-def add_serve_access_edge(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``edgesim serve access-edge [SCENARIO] [--node N] [--duration S]``."""
-    parser = subparsers.add_parser(
-        "access-edge", help="run a scenario's Access Edge (TLS 443, MTLS 5061, MRAS 5062) with its Director")
-    parser.add_argument("scenario", nargs="?", default=None, help="scenario file (default: the shipped one)")
-    parser.add_argument("--node", help="which pool node to announce (default: the first)")
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    parser.add_argument("--pki-out", default=None, help="also write the lab PKI here (for peers on other hosts)")
-    parser.set_defaults(handler=_cmd_serve_access_edge)
-
-
-def _cmd_serve_access_edge(args: argparse.Namespace, console: object) -> int:
-    return run_until_stopped(lambda: _serve_access_edge(args))
-
-
-async def _serve_access_edge(args: argparse.Namespace) -> int:
-    from simulator.lab.topology import Lab
-    from simulator.scenario.loader import load_scenario
-
-    scenario = load_scenario(args.scenario or DEFAULT_SCENARIO)
-    node = args.node or scenario.edge_pool.nodes[0].name
-    if node not in {n.name for n in scenario.edge_pool.nodes}:
-        print(f"edgesim: no node {node!r} in {scenario.name}", file=sys.stderr)
-        return 2
-    async with Lab(scenario) as lab:
-        if args.pki_out:
-            lab.pki.write(args.pki_out)
-        address = access_edge_address(lab, node)
-        print(f"access-edge ready tls={address}:{lab.port_map(SIP_TLS_PORT)} "
-              f"mtls={address}:{lab.port_map(SIP_MTLS_PORT)}", flush=True)
-        for account in user_accounts(lab):
-            print(f"user {account.aor} password {account.password} from {account.host}", flush=True)
-        await wait_for_stop(args.duration)
-    return 0
+    Returns (where it was asked, the checked answer); raises ProbeFailure otherwise.
+    """
+    frontends = lab.scenario.clients_with_role(ClientRole.FRONT_END)
+    if not frontends:
+        raise ProbeFailure(Reason.NO_PEER, "the scenario has no Front End to ask MRAS from")
+    frontend = frontends[0]
+    spec = lab.node_spec(node)
+    address = lab.plan.one(node, HostKind.EDGE_INTERNAL).address
+    tls_name = spec.internal_fqdn or lab.scenario.edge_pool.internal_fqdn
+    port = lab.port_map(MRAS_PORT)
+    accounts = user_accounts(lab)
+    identity = accounts[0].aor if accounts else f"sip:probe@{lab.scenario.domain}"
+    mras_uri = f"sip:{frontend.fqdn}@{lab.scenario.domain};gruu;opaque=srvr:MRAS:probe"
+    response = await one_request(address, port, lab.peer_client_context(frontend), tls_name, timeout, rng,
+                                 "SERVICE", mras_uri, f"<{identity}>", f"<{mras_uri}>",
+                                 source=lab.plan.of(frontend.name, HostKind.CLIENT)[0].address,
+                                 headers=[("Content-Type", mras.CONTENT_TYPE)],
+                                 body=mras_request_body(rng, identity, mras_uri, location))
+    return f"{address}:{port}", parse_mras_answer(require_success(response, "MRAS SERVICE"))

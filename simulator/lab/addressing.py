@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address
 
-from simulator.scenario.schema import Scenario
+from simulator.spec.schema import Scenario
 
 
 class HostKind(StrEnum):
@@ -69,15 +69,18 @@ _CLIENT_LAST = 254 * 256 + 254
 class AddressPlan:
     """All lab hosts of a scenario, with lookups by name and by (owner, kind)."""
 
-    def __init__(self, hosts: list[Host]) -> None:
+    def __init__(self, hosts: list[Host], *, shared: bool = False) -> None:
+        """``shared``: instances of one population may share an address (a deployment's real hosts)."""
         self.hosts = hosts
         self._by_name = {host.name: host for host in hosts}
         self._by_owner: dict[tuple[str, HostKind], list[Host]] = {}
         for host in hosts:
             self._by_owner.setdefault((host.owner, host.kind), []).append(host)
-        addresses = [host.address for host in hosts]
-        if len(set(addresses)) != len(addresses):
-            raise ValueError("address plan gives one address twice")
+        owners: dict[str, str] = {}
+        for host in hosts:
+            owner = owners.setdefault(host.address, host.owner if shared else host.name)
+            if owner != (host.owner if shared else host.name):
+                raise ValueError(f"address plan gives {host.address} to {owner} and {host.name}")
 
     @classmethod
     def for_scenario(cls, scenario: Scenario) -> AddressPlan:
@@ -109,6 +112,37 @@ class AddressPlan:
                 hosts.append(Host(f"{client.name}-{instance}", HostKind.CLIENT, address, client.name))
                 next_client += 1
         return cls(hosts)
+
+    @classmethod
+    def for_deployment(cls, scenario: Scenario) -> AddressPlan:
+        """The hosts of a scenario's ``deployment`` section: the same names and kinds as the embedded plan, on
+        the real addresses of firewall lab mode. Instances of a population share its addresses round-robin;
+        the pool NAT's inside address does not exist (the real firewall NATs)."""
+        deployment = scenario.deployment
+        if deployment is None:
+            raise ValueError(f"scenario {scenario.name!r} has no deployment section")
+        hosts = [Host("dns", HostKind.DNS, str(deployment.dns.address), "lab"),
+                 Host("crl", HostKind.CRL, str(deployment.crl), "lab")]
+        for node in scenario.edge_pool.nodes:
+            placed = deployment.nodes[node.name]
+            hosts.append(Host(f"{node.name}-internal", HostKind.EDGE_INTERNAL, str(placed.internal), node.name))
+            for kind, pair, side in ((HostKind.EDGE_ACCESS_PRIVATE, placed.access, "private"),
+                                     (HostKind.EDGE_WEBCONF_PRIVATE, placed.webconf, "private"),
+                                     (HostKind.EDGE_AV_PRIVATE, placed.av, "private"),
+                                     (HostKind.EDGE_ACCESS_PUBLIC, placed.access, "public"),
+                                     (HostKind.EDGE_WEBCONF_PUBLIC, placed.webconf, "public"),
+                                     (HostKind.EDGE_AV_PUBLIC, placed.av, "public")):
+                label = kind.value.removeprefix("edge-")
+                hosts.append(Host(f"{node.name}-{label}", kind, str(getattr(pair, side)), node.name))
+        for client in scenario.clients:
+            placed_client = deployment.clients[client.name]
+            if client.nat is not None and placed_client.nat is not None:
+                hosts.append(Host(f"{client.name}-nat", HostKind.CLIENT_NAT, str(placed_client.nat), client.name))
+            addresses = placed_client.addresses
+            for instance in range(1, client.count + 1):
+                address = str(addresses[(instance - 1) % len(addresses)])
+                hosts.append(Host(f"{client.name}-{instance}", HostKind.CLIENT, address, client.name))
+        return cls(hosts, shared=True)
 
     def host(self, name: str) -> Host:
         return self._by_name[name]

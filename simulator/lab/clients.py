@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING
 
 from simulator.core.nat import Behaviour, NatConfig
 from simulator.lab.addressing import HostKind
-from simulator.lab.services import lab_service
-from simulator.net.edge import Service
-from simulator.net.natbox import NatBox
+from simulator.net.nat.natbox import NatBox, loopback_only
+from simulator.net.transport.service import Service
 
 if TYPE_CHECKING:
     from simulator.lab.topology import Lab
@@ -31,18 +30,22 @@ def nat_service_name(client: str) -> str:
     return f"nat-{client}"
 
 
-@lab_service
 def client_nats(lab: Lab) -> dict[str, Service]:
     services: dict[str, Service] = {}
+    if not lab.placement.client_nats:
+        return services
+    # Embedded: the loopback lab only. Deployed: only the deployment's own addresses, never anything else.
+    known = frozenset(host.address for host in lab.plan.hosts)
+    allowed = (lambda ip: ip in known) if lab.placement.deployed else loopback_only
     for client in lab.scenario.clients:
-        if client.nat is None:
+        if client.nat is None or not lab.plan.of(client.name, HostKind.CLIENT_NAT):
             continue
         config = NatConfig(mapping=Behaviour(client.nat.mapping.value), filtering=Behaviour(client.nat.filtering.value),
                            udp_binding_timeout=client.nat.binding_timeout,
                            port_preservation=client.nat.port_preservation, hairpin=client.nat.hairpin)
         public = lab.plan.one(client.name, HostKind.CLIENT_NAT).address
         services[nat_service_name(client.name)] = NatBox.dynamic(
-            config, public, random.Random(f"{lab.scenario.seed}:nat:{client.name}"))
+            config, public, random.Random(f"{lab.scenario.seed}:nat:{client.name}"), allow_destination=allowed)
     return services
 
 

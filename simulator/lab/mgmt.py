@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from simulator.lab.addressing import HostKind
-from simulator.lab.services import node_service
-from simulator.net.edge import Service
-from simulator.net.mgmt import ClsAgentListener, CmsReplicationListener
-from simulator.scenario.schema import EdgeNode as NodeSpec
+from simulator.net.edge.mgmt import ClsAgentListener, CmsReplicationListener
+from simulator.net.transport.service import Service
+from simulator.spec.schema import EdgeNode as NodeSpec
 
 if TYPE_CHECKING:
     from simulator.lab.topology import Lab
@@ -17,7 +16,6 @@ CMS_PORT = 4443
 CLS_PORTS = (50001, 50002, 50003)
 
 
-@node_service
 def management_services(lab: Lab, node: NodeSpec) -> dict[str, Service]:
     address = lab.plan.one(node.name, HostKind.EDGE_INTERNAL).address
     context, peers = lab.internal_server_context(), lab.internal_peer_names

@@ -10,7 +10,7 @@ Edge; partner domains get their own SRV and A records so the Access Edge can fin
 from __future__ import annotations
 
 from simulator.lab.addressing import AddressPlan, HostKind
-from simulator.scenario.schema import ClientRole, Scenario
+from simulator.spec.schema import ClientRole, Scenario
 
 Record = dict[str, object]
 

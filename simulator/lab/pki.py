@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from simulator.scenario.schema import SERVER_ROLES, CertificateVariant, Scenario
+from simulator.spec.schema import SERVER_ROLES, CertificateVariant, Scenario
 
 _HASH = hashes.SHA256()
 
@@ -162,6 +162,11 @@ def _leaf(issuer: _Issuer, names: tuple[str, ...], not_before: dt.datetime, not_
     return cert, key
 
 
+def crl_url_of(scenario: Scenario) -> str:
+    """The CRL distribution point every lab certificate names (E3 fetches it)."""
+    return f"http://crl.{scenario.domain}/lab-root.crl"
+
+
 def identity_names(scenario: Scenario) -> dict[str, tuple[str, ...]]:
     """Identity name → the DNS names its certificate carries (first = subject CN)."""
     pool = scenario.edge_pool
@@ -183,7 +188,7 @@ def build_pki(scenario: Scenario, now: dt.datetime | None = None,
     now = now or dt.datetime.now(dt.UTC)
     root = _ca("edgesim Lab Root CA", now)
     rogue = _ca("edgesim Rogue CA (untrusted)", now)
-    crl_url = f"http://crl.{scenario.domain}/lab-root.crl"
+    crl_url = crl_url_of(scenario)
     pki = LabPki(root.cert.public_bytes(serialization.Encoding.PEM), _key_pem(root.key),
                  rogue.cert.public_bytes(serialization.Encoding.PEM), b"", crl_url)
     revoked: list[int] = []
@@ -212,3 +217,28 @@ def build_pki(scenario: Scenario, now: dt.datetime | None = None,
             .build())
     pki.crl_pem = builder.sign(root.key, _HASH).public_bytes(serialization.Encoding.PEM)
     return pki
+
+
+class PkiFolderError(Exception):
+    """A PKI folder given with ``--pki`` lacks a file the scenario needs (one line, no traceback)."""
+
+
+def read_pki(scenario: Scenario, folder: str | Path) -> tuple[LabPki, PkiFiles]:
+    """The lab PKI that ``edgesim certs`` wrote to ``folder``, so every host of a split lab shares one CA.
+
+    Checks that the folder holds the CA, the CRL and every identity (valid and each variant) the scenario's
+    listeners and peers present; raises :class:`PkiFolderError` naming the first missing file.
+    """
+    folder = Path(folder)
+    files = PkiFiles(folder, folder / "ca.pem", folder / "rogue-ca.pem", folder / "crl.pem")
+    needed = [files.ca, files.rogue_ca, files.crl, folder / "ca.key"]
+    for name in identity_names(scenario):
+        for variant in CertificateVariant:
+            needed.extend(files.cert(name, variant))
+    for path in needed:
+        if not path.is_file():
+            raise PkiFolderError(f"{path}: missing (write the lab PKI with `edgesim certs --scenario FILE --out "
+                                 f"{folder}` and copy the folder to every host)")
+    pki = LabPki(files.ca.read_bytes(), (folder / "ca.key").read_bytes(), files.rogue_ca.read_bytes(),
+                 files.crl.read_bytes(), crl_url_of(scenario))
+    return pki, files

@@ -1,10 +1,9 @@
-"""Which services the embedded lab runs: a registry of builders, one per Edge role or lab peer.
+"""The shapes of the embedded lab's service builders.
 
-``NODE_SERVICES`` builders return the named services of one pool node (the internal management
-listeners, the A/V Edge, the Access Edge, …); ``LAB_SERVICES`` builders return services that are not on a
-node (an emulated Front End, a federated partner's server, …). A new Edge role is one builder function
-registered with :func:`node_service` or :func:`lab_service` in its own module, imported by
-:mod:`simulator.lab.topology`; nothing else changes.
+A *node builder* returns the named services of one pool node (the internal management listeners, the A/V
+Edge, the Access Edge, …); a *lab builder* returns services that are not on a node (an emulated Front End,
+a federated partner's server, …). :mod:`simulator.lab.topology` lists the builders explicitly, in the order
+they must start; a new Edge role is one builder function in its own module and one line in that list.
 """
 
 from __future__ import annotations
@@ -12,24 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from simulator.net.edge import Service
-from simulator.scenario.schema import EdgeNode as NodeSpec
+from simulator.net.transport.service import Service
+from simulator.spec.schema import EdgeNode as NodeSpec
 
 if TYPE_CHECKING:
     from simulator.lab.topology import Lab
 
 NodeServiceBuilder = Callable[["Lab", NodeSpec], dict[str, Service]]
 LabServiceBuilder = Callable[["Lab"], dict[str, Service]]
-
-NODE_SERVICES: list[NodeServiceBuilder] = []
-LAB_SERVICES: list[LabServiceBuilder] = []
-
-
-def node_service(builder: NodeServiceBuilder) -> NodeServiceBuilder:
-    NODE_SERVICES.append(builder)
-    return builder
-
-
-def lab_service(builder: LabServiceBuilder) -> LabServiceBuilder:
-    LAB_SERVICES.append(builder)
-    return builder

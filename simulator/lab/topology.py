@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import ssl
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -19,28 +20,81 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from simulator.core.credentials import CredentialStore
 from simulator.core.dns_zone import Zone
 from simulator.core.nat import StaticNat, StaticNatConfig
-from simulator.lab import access, av, clients, mgmt, webconf, xmpp  # noqa: F401  (registers their services)
+from simulator.lab import access, av, clients, mgmt, webconf, xmpp
 from simulator.lab.addressing import AddressPlan, HostKind, PortMap
 from simulator.lab.names import CRL_PATH, CRL_PORT, DNS_PORT, zone_records
 from simulator.lab.pki import LabPki, PkiFiles, build_pki
-from simulator.lab.services import LAB_SERVICES, NODE_SERVICES
-from simulator.net.dns import DnsServer
-from simulator.net.edge import EdgeNode, Service
-from simulator.net.http import StaticHttpServer
-from simulator.net.tls import client_context, server_context
-from simulator.scenario.schema import INTERNAL_ROLES, SERVER_ROLES, CertificateVariant, Client, Scenario
-from simulator.scenario.schema import EdgeNode as NodeSpec
+from simulator.lab.services import LabServiceBuilder, NodeServiceBuilder
+from simulator.net.peers.crl import StaticHttpServer
+from simulator.net.peers.dns import DnsServer
+from simulator.net.transport.arrivals import ArrivalLog, start_recording, stop_recording
+from simulator.net.transport.service import EdgeNode, Service
+from simulator.net.transport.tls import client_context, server_context
+from simulator.spec.schema import INTERNAL_ROLES, SERVER_ROLES, CertificateVariant, Client, Scenario
+from simulator.spec.schema import EdgeNode as NodeSpec
+
+# What runs on each pool node, in start order: the Access Edge (with MRAS on 5062), the A/V Edges, the internal
+# management listeners, Web Conferencing, XMPP. Every node is up before any lab service starts.
+NODE_SERVICES: tuple[NodeServiceBuilder, ...] = (
+    access.access_edge_services,
+    av.av_services,
+    mgmt.management_services,
+    webconf.webconf_services,
+    xmpp.xmpp_services,
+)
+# What runs beside the nodes, started after them (the Front End opens its 8057 and 23456 links at start): the
+# clients' NAT boxes first (everything the clients send crosses them), then the Front End, Director and
+# partners, the media peers, the Front End's Web Conferencing service and the XMPP peers.
+LAB_SERVICES: tuple[LabServiceBuilder, ...] = (
+    clients.client_nats,
+    access.sip_lab_services,
+    av.media_peers,
+    webconf.frontend_webconf,
+    xmpp.xmpp_peers,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Which parts of a scenario run in this process, and on which addresses.
+
+    The embedded lab runs everything on loopback with the pool's 1:1 NAT emulated. In firewall lab mode
+    (``deployed``) every address comes from the scenario's ``deployment`` section, external Edge services bind
+    their private addresses (the real firewall DNATs the public ones), ports are the documented ones, and each
+    process runs one side: an Edge node's listeners, the internal side (Front End, Director), the external side
+    (partners, media peers, XMPP partner, DNS, CRL), or only the client NATs a probing side sends through.
+    """
+
+    deployed: bool = False
+    nodes: frozenset[str] | None = None  # None: every pool node
+    internal: bool = True  # Front End/Director emulation and the internal peers
+    external: bool = True  # partners' servers, media peers, XMPP partner, DNS and CRL servers
+    client_nats: bool = True  # the emulated NATs in front of client populations
+
+    def runs_node(self, name: str) -> bool:
+        return self.nodes is None or name in self.nodes
+
+    def runs(self, client: Client) -> bool:
+        """Whether the services of a client population (a server-like peer) run here."""
+        return self.internal if client.role in INTERNAL_ROLES else self.external
 
 
 class Lab:
-    """Everything a scenario needs, running in this process."""
+    """Everything a scenario needs, running in this process (or the part of it ``placement`` names)."""
 
-    def __init__(self, scenario: Scenario, pki: LabPki | None = None, port_map: PortMap | None = None) -> None:
+    def __init__(self, scenario: Scenario, pki: LabPki | None = None, port_map: PortMap | None = None, *,
+                 placement: Placement | None = None, pki_files: PkiFiles | None = None) -> None:
+        """``pki`` with ``pki_files``: a PKI already on disk (``edgesim certs``), shared by every host."""
         self.scenario = scenario
-        self.plan = AddressPlan.for_scenario(scenario)
-        self.port_map = port_map or PortMap.for_this_process(scenario.lab.privileged_port_offset)
+        self.placement = placement or Placement()
+        deployed = self.placement.deployed
+        self.plan = AddressPlan.for_deployment(scenario) if deployed else AddressPlan.for_scenario(scenario)
+        offset = scenario.lab.privileged_port_offset
+        # Firewall lab mode uses the documented ports: what a firewall rule names is what is bound.
+        self.port_map = port_map or (PortMap(offset, True) if deployed else PortMap.for_this_process(offset))
         self.pki = pki or build_pki(scenario)
         self._folder: tempfile.TemporaryDirectory[str] | None = None
+        self._given_files = pki_files
         self.files: PkiFiles | None = None
         self.nodes: dict[str, EdgeNode] = {}
         self.zone = Zone.from_records(zone_records(scenario, self.plan))
@@ -49,7 +103,10 @@ class Lab:
         self.credentials = CredentialStore()  # pool-wide: MRAS issues, every A/V Edge checks
         self.services: dict[str, Service] = {}  # lab services that are not on a node
         self.rng = random.Random(scenario.seed)
-        self.pool_nat = self._pool_nat()
+        self.pool_nat = None if deployed else self._pool_nat()  # deployed: the real firewall NATs
+        # A serving side of a split lab records what reached it (report merge says where a flow died).
+        serving = bool(self.placement.nodes) or self.placement.internal or self.placement.external
+        self.arrival_log = ArrivalLog() if deployed and serving else None
         self.conference_key = f"conf-{self.rng.getrandbits(64):016x}"  # what SIP would hand a meeting joiner
 
     @property
@@ -82,12 +139,21 @@ class Lab:
                               require_client_cert=require_client_cert)
 
     def external_bind(self, node: str, service: str) -> str:
-        """Where a node's external ``service`` (access, webconf, av) listens in the embedded lab.
+        """Where a node's external ``service`` (access, webconf, av) binds and sends from.
 
-        The pool's static 1:1 NAT preserves inbound source addresses (DNAT only), which is what a listener
-        bound to the public address observes, so external services bind their node's public address; the
-        Edge still knows its private addresses (``private_addresses``) and must never reveal them.
+        Embedded: the pool's static 1:1 NAT preserves inbound source addresses (DNAT only), which is what a
+        listener bound to the public address observes, so external services bind their node's public address;
+        the Edge still knows its private addresses (``private_addresses``) and must never reveal them.
+        Deployed: the private address, behind the real firewall's 1:1 NAT.
         """
+        if self.placement.deployed:
+            kind = {"access": HostKind.EDGE_ACCESS_PRIVATE, "webconf": HostKind.EDGE_WEBCONF_PRIVATE,
+                    "av": HostKind.EDGE_AV_PRIVATE}[service]
+            return self.plan.one(node, kind).address
+        return self.public_address(node, service)
+
+    def public_address(self, node: str, service: str) -> str:
+        """A node's public address of an external ``service``: what DNS answers and what outsiders reach."""
         kind = {"access": HostKind.EDGE_ACCESS_PUBLIC, "webconf": HostKind.EDGE_WEBCONF_PUBLIC,
                 "av": HostKind.EDGE_AV_PUBLIC}[service]
         return self.plan.one(node, kind).address
@@ -100,20 +166,41 @@ class Lab:
     def node_spec(self, name: str) -> NodeSpec:
         return next(node for node in self.scenario.edge_pool.nodes if node.name == name)
 
+    @property
+    def runs_lab_dns(self) -> bool:
+        """The lab's DNS server runs here: embedded, or the external side when the deployment names edgesim's."""
+        deployment = self.scenario.deployment
+        if not self.placement.external:
+            return False
+        return not self.placement.deployed or (deployment is not None and deployment.dns.server is not None)
+
+    def arrivals(self) -> list[dict[str, object]]:
+        """What reached this process's listeners (firewall lab mode's serving sides; empty otherwise)."""
+        return list(self.arrival_log.entries) if self.arrival_log is not None else []
+
     async def start(self) -> None:
-        self._folder = tempfile.TemporaryDirectory(prefix="edgesim-pki-")
-        self.files = self.pki.write(self._folder.name)
+        if self.arrival_log is not None:
+            start_recording(self.arrival_log)
+        if self._given_files is not None:
+            self.files = self._given_files
+        else:
+            self._folder = tempfile.TemporaryDirectory(prefix="edgesim-pki-")
+            self.files = self.pki.write(self._folder.name)
         pool = self.scenario.edge_pool
         try:
-            shuffle = random.Random(self.scenario.seed) if self.scenario.dns.shuffle else None
-            self.dns = DnsServer(self.zone, self.plan.host("dns").address, self.port_map(DNS_PORT),
-                                 shuffle_rng=shuffle)
-            await self.dns.start()
-            crl_der = x509.load_pem_x509_crl(self.pki.crl_pem).public_bytes(Encoding.DER)
-            self.crl_server = StaticHttpServer(self.plan.host("crl").address, self.port_map(CRL_PORT),
-                                               {CRL_PATH: ("application/pkix-crl", crl_der)})
-            await self.crl_server.start()
+            if self.runs_lab_dns:
+                shuffle = random.Random(self.scenario.seed) if self.scenario.dns.shuffle else None
+                self.dns = DnsServer(self.zone, self.plan.host("dns").address, self.port_map(DNS_PORT),
+                                     shuffle_rng=shuffle)
+                await self.dns.start()
+            if self.placement.external:
+                crl_der = x509.load_pem_x509_crl(self.pki.crl_pem).public_bytes(Encoding.DER)
+                self.crl_server = StaticHttpServer(self.plan.host("crl").address, self.port_map(CRL_PORT),
+                                                   {CRL_PATH: ("application/pkix-crl", crl_der)})
+                await self.crl_server.start()
             for node in pool.nodes:
+                if not self.placement.runs_node(node.name):
+                    continue
                 services: dict[str, Service] = {}
                 for node_builder in NODE_SERVICES:
                     services.update(node_builder(self, node))
@@ -130,6 +217,8 @@ class Lab:
             raise
 
     async def stop(self) -> None:
+        if self.arrival_log is not None:
+            stop_recording()
         for service in reversed(list(self.services.values())):
             await service.stop()
         for edge in self.nodes.values():

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from simulator.lab.addressing import HostKind
-from simulator.lab.services import lab_service, node_service
-from simulator.net.edge import Service
-from simulator.net.psom import FrontendWebConferencing, PsomExternalListener, PsomInternalListener
-from simulator.scenario.schema import ClientRole
-from simulator.scenario.schema import EdgeNode as NodeSpec
+from simulator.net.edge.webconf import PsomExternalListener, PsomInternalListener
+from simulator.net.peers.webconf_frontend import FrontendWebConferencing
+from simulator.net.transport.service import Service
+from simulator.spec.schema import ClientRole
+from simulator.spec.schema import EdgeNode as NodeSpec
 
 if TYPE_CHECKING:
     from simulator.lab.topology import Lab
@@ -18,7 +18,6 @@ PSOM_INTERNAL_PORT = 8057
 PSOM_EXTERNAL_PORT = 443
 
 
-@node_service
 def webconf_services(lab: Lab, node: NodeSpec) -> dict[str, Service]:
     internal = PsomInternalListener(node.name, lab.plan.one(node.name, HostKind.EDGE_INTERNAL).address,
                                     lab.port_map(PSOM_INTERNAL_PORT), lab.internal_server_context(),
@@ -28,10 +27,9 @@ def webconf_services(lab: Lab, node: NodeSpec) -> dict[str, Service]:
     return {"psom-internal": internal, "psom-external": external}
 
 
-@lab_service
 def frontend_webconf(lab: Lab) -> dict[str, Service]:
     frontends = lab.scenario.clients_with_role(ClientRole.FRONT_END)
-    if not frontends:
+    if not frontends or not lab.placement.runs(frontends[0]):
         return {}
     frontend = frontends[0]
     targets = [(lab.plan.one(node.name, HostKind.EDGE_INTERNAL).address, lab.port_map(PSOM_INTERNAL_PORT),

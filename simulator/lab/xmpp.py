@@ -7,20 +7,15 @@ from typing import TYPE_CHECKING
 
 from simulator.lab.addressing import HostKind
 from simulator.lab.names import DNS_PORT
-from simulator.lab.services import lab_service, node_service
-from simulator.net.edge import Service
-from simulator.net.resolver import StubResolver
-from simulator.net.tls import client_context, server_context
-from simulator.net.xmpp import (
-    FrontendXmppGateway,
-    OutboundRoute,
-    XmppGatewayListener,
-    XmppServerListener,
-    answering_deliver,
-    edge_deliver,
-)
-from simulator.scenario.schema import ClientRole
-from simulator.scenario.schema import EdgeNode as NodeSpec
+from simulator.net.edge.xmpp import OutboundRoute, XmppGatewayListener, edge_deliver
+from simulator.net.peers.xmpp_frontend import FrontendXmppGateway
+from simulator.net.peers.xmpp_partner import answering_deliver
+from simulator.net.transport.resolver import StubResolver
+from simulator.net.transport.service import Service
+from simulator.net.transport.tls import client_context, server_context
+from simulator.net.transport.xmpp_stream import XmppServerListener
+from simulator.spec.schema import ClientRole
+from simulator.spec.schema import EdgeNode as NodeSpec
 
 if TYPE_CHECKING:
     from simulator.lab.topology import Lab
@@ -33,7 +28,6 @@ def _partner_domains(lab: Lab) -> frozenset[str]:
     return frozenset(c.domain for c in lab.scenario.clients_with_role(ClientRole.XMPP_PARTNER) if c.domain)
 
 
-@node_service
 def xmpp_services(lab: Lab, node: NodeSpec) -> dict[str, Service]:
     assert lab.files is not None
     public = lab.external_bind(node.name, "access")
@@ -60,12 +54,11 @@ def xmpp_services(lab: Lab, node: NodeSpec) -> dict[str, Service]:
     return {"xmpp-gateway": gateway, "xmpp-proxy": proxy}
 
 
-@lab_service
 def xmpp_peers(lab: Lab) -> dict[str, Service]:
     assert lab.files is not None
     services: dict[str, Service] = {}
     for partner in lab.scenario.clients_with_role(ClientRole.XMPP_PARTNER):
-        if partner.domain is None:
+        if partner.domain is None or not lab.placement.runs(partner):
             continue
         host = lab.plan.of(partner.name, HostKind.CLIENT)[0].address
         context = server_context(*lab.files.cert(partner.name, partner.certificate), ca=lab.files.ca,
@@ -74,7 +67,7 @@ def xmpp_peers(lab: Lab) -> dict[str, Service]:
             partner.name, partner.domain, host, lab.port_map(XMPP_S2S_PORT), context,
             answering_deliver(partner.domain), frozenset({lab.scenario.domain}))
     frontends = lab.scenario.clients_with_role(ClientRole.FRONT_END)
-    if frontends:
+    if frontends and lab.placement.runs(frontends[0]):
         frontend = frontends[0]
         targets = [(lab.plan.one(node.name, HostKind.EDGE_INTERNAL).address, lab.port_map(XMPP_GATEWAY_PORT),
                     node.internal_fqdn or lab.scenario.edge_pool.internal_fqdn)

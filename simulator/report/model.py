@@ -9,10 +9,10 @@ from typing import Any
 
 from simulator import __version__
 from simulator.lab.addressing import AddressPlan, PortMap
-from simulator.report.verdict import Verdict
-from simulator.scenario.rules import RULES_BY_ID
+from simulator.outcome import Verdict
 from simulator.scenario.runner import RuleResult
-from simulator.scenario.schema import Scenario
+from simulator.spec.rules import RULES_BY_ID
+from simulator.spec.schema import Scenario
 
 
 @dataclass(frozen=True, slots=True)

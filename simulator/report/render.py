@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from simulator.outcome import Verdict
 from simulator.report.model import Report
-from simulator.report.verdict import Verdict
 
 _STYLE = {Verdict.PASS: "bold green", Verdict.FAIL: "bold red", Verdict.BLOCKED: "yellow",
           Verdict.UNIMPLEMENTED: "dim"}

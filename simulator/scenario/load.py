@@ -33,11 +33,11 @@ from simulator.core.dns_policy import make_resolver_policy
 from simulator.lab.access import SIP_TLS_PORT, Account, tls_opener, user_accounts
 from simulator.lab.names import DNS_PORT
 from simulator.lab.topology import Lab
-from simulator.net.resolver import ResolverError, StubResolver
-from simulator.net.sip_client import RemoteUser, SipClient
-from simulator.net.tls import client_context
-from simulator.report.verdict import ProbeFailure
-from simulator.scenario.schema import DnsPolicy, LoadPhase, Scenario, StopNode
+from simulator.net.clients.sip_client import RemoteUser, SipClient
+from simulator.net.transport.resolver import ResolverError, StubResolver
+from simulator.net.transport.tls import client_context
+from simulator.outcome import ProbeFailure
+from simulator.spec.schema import DnsPolicy, LoadPhase, Scenario, StopNode
 
 LEGACY_RETRIES = 3
 LEGACY_RETRY_GAP = 0.2
@@ -106,6 +106,10 @@ class LoadReport:
                 for population in populations
             },
             "spread": {node: self.spread().get(node, 0) for node in nodes},
+            "signed_in": sum(s.home is not None for s in self.sessions),
+            "sign_ins_per_s": round(sum(s.home is not None for s in self.sessions) / self.duration_s, 3)
+            if self.duration_s else 0.0,
+            "failures": dict(Counter(s.error.split(":")[0] for s in self.sessions if s.error)),
             "failover": self.failover_stats(),
             "sessions": [s.to_dict() for s in self.sessions],
         }
@@ -237,14 +241,17 @@ async def _apply(lab: Lab, event: StopNode) -> dict[str, Any]:
     return {"at": event.at, "stop_node": event.stop_node, "service": event.service, "stopped": names}
 
 
-async def run_load(lab: Lab, timeout: float | None = None) -> LoadReport:
-    """Run the scenario's load phases (concurrently) and events; returns the measurements."""
+async def run_load(lab: Lab, timeout: float | None = None, *, events: bool = True) -> LoadReport:
+    """Run the scenario's load phases (concurrently) and events; returns the measurements.
+
+    ``events=False``: the phases only (firewall lab mode: the nodes run in other processes, on other hosts).
+    """
     scenario = lab.scenario
     timeout = timeout if timeout is not None else scenario.lab.probe_timeout
     loop = asyncio.get_running_loop()
     start = loop.time()
     report = LoadReport()
-    address_node = {lab.external_bind(node.name, "access"): node.name for node in scenario.edge_pool.nodes}
+    address_node = {lab.public_address(node.name, "access"): node.name for node in scenario.edge_pool.nodes}
     clients = {client.name: client for client in scenario.clients}
     accounts_by_population: dict[str, list[Account]] = {}
     for account in user_accounts(lab):
@@ -279,7 +286,7 @@ async def run_load(lab: Lab, timeout: float | None = None) -> LoadReport:
         report.events.append({**await _apply(lab, event), "applied_at": round(loop.time() - start, 3)})
 
     runners = [asyncio.create_task(phase_runner(phase)) for phase in scenario.load]
-    runners += [asyncio.create_task(event_runner(event)) for event in scenario.events]
+    runners += [asyncio.create_task(event_runner(event)) for event in scenario.events if events]
     try:
         await asyncio.sleep(max(0.0, end - loop.time()))
     finally:

@@ -11,20 +11,24 @@ import random
 import time
 
 from simulator.lab.access import (
-    MRAS_PORT,
     SIP_MTLS_PORT,
     access_edge_address,
+    frontend_mras_credentials,
     remote_user_session,
     user_accounts,
 )
 from simulator.lab.addressing import HostKind
-from simulator.net.access_edge import SERVER_HEADER as EDGE_SERVER
-from simulator.net.frontend import SERVER_HEADER as FRONTEND_SERVER
-from simulator.net.sip_client import SipClient, mras_request_body, one_request, parse_mras_answer, require_success
-from simulator.net.sip_partner import SERVER_HEADER as PARTNER_SERVER
-from simulator.report.verdict import Outcome, ProbeFailure, Reason
+from simulator.net.clients.sip_client import (
+    SipClient,
+    one_request,
+    require_success,
+)
+from simulator.net.edge.access_edge import SERVER_HEADER as EDGE_SERVER
+from simulator.net.peers.frontend import SERVER_HEADER as FRONTEND_SERVER
+from simulator.net.peers.sip_partner import SERVER_HEADER as PARTNER_SERVER
+from simulator.outcome import Outcome, ProbeFailure, Reason
 from simulator.scenario.probing import ProbeContext, guarded, internal_target, peer, probe
-from simulator.scenario.schema import ClientRole
+from simulator.spec.schema import ClientRole
 from simulator.wire import mras
 from simulator.wire.sip import SipResponse
 
@@ -68,7 +72,7 @@ async def sip_remote_signin(ctx: ProbeContext, node: str) -> Outcome:
 async def sip_internal_out(ctx: ProbeContext, node: str) -> Outcome:
     """I3: the Edge relays a remote user's REGISTER over internal MTLS 5061 to the Director (its 401)."""
 
-    async def check() -> str:
+    async def through_sign_in() -> str:
         async with remote_user_session(ctx.lab, node, timeout=ctx.timeout, sign_in=False) as user:
             client = user.client
             request = client.build("REGISTER", f"sip:{user.domain}", user.from_, f"<{user.aor}>")
@@ -78,6 +82,20 @@ async def sip_internal_out(ctx: ProbeContext, node: str) -> Outcome:
             raise ProbeFailure(Reason.PROTOCOL_ERROR, f"expected the Director's 401, got {response.status}")
         server = _answered_by(response, FRONTEND_SERVER, "REGISTER")
         return f"Edge {node} → {server} over internal MTLS {ctx.lab.port_map(SIP_MTLS_PORT)}: 401 challenge"
+
+    async def check() -> str:
+        # The Edge opens this flow only when something outside asks it to: a remote user's REGISTER (443) or a
+        # partner's MESSAGE (5061). Try both, so a closed inbound port fails its own rule (E6 or E7), not I3.
+        try:
+            return await through_sign_in()
+        except ProbeFailure as first:
+            if not ctx.lab.scenario.clients_with_role(ClientRole.FEDERATED_PARTNER):
+                raise
+            try:
+                detail = await _partner_in(ctx, node, ClientRole.FEDERATED_PARTNER)
+            except ProbeFailure:
+                raise first from None
+            return f"{detail} (the remote user's REGISTER did not get through: {first.reason})"
 
     return await guarded(node, check)
 
@@ -106,23 +124,18 @@ async def mras_in(ctx: ProbeContext, node: str) -> Outcome:
     """I5: the Front End sends SERVICE (MRAS) to the Edge's 5062; credentials come back and are usable."""
 
     async def check() -> str:
-        _, source = _internal_server(ctx)
-        frontend = peer(ctx, ClientRole.FRONT_END)
-        address, tls_name = internal_target(ctx, node)
-        port = ctx.lab.port_map(MRAS_PORT)
-        identity = user_accounts(ctx.lab)[0].aor if user_accounts(ctx.lab) else f"sip:probe@{ctx.lab.scenario.domain}"
-        mras_uri = f"sip:{frontend.fqdn}@{ctx.lab.scenario.domain};gruu;opaque=srvr:MRAS:probe"
-        response = await one_request(address, port, ctx.lab.peer_client_context(frontend), tls_name, ctx.timeout,
-                                     _rng(ctx, node), "SERVICE", mras_uri, f"<{identity}>", f"<{mras_uri}>",
-                                     source=source, headers=[("Content-Type", mras.CONTENT_TYPE)],
-                                     body=mras_request_body(_rng(ctx, node), identity, mras_uri))
-        answer = parse_mras_answer(require_success(response, "MRAS SERVICE"))
+        where, answer = await frontend_mras_credentials(ctx.lab, node, _rng(ctx, node), timeout=ctx.timeout,
+                                                        location=mras.MrasLocation.INTERNET)
         assert answer.credentials is not None
+        relays = ", ".join(f"{r.location}:{r.host_name}" for r in answer.relays)
+        if ctx.lab.placement.deployed:
+            # The pool's credential store lives in the Edge's process: the A/V rules (I6, I7, E15 …) show the
+            # credentials are accepted there.
+            return f"{where}: credentials for {answer.credentials.duration} min, relays {relays}"
         stored = ctx.lab.credentials.password_for(answer.credentials.username, time.time())
         if stored != answer.credentials.password:
             raise ProbeFailure(Reason.PROTOCOL_ERROR, "the issued credentials are not in the pool's credential store")
-        relays = ", ".join(f"{r.location}:{r.host_name}" for r in answer.relays)
-        return (f"{address}:{port}: credentials for {answer.credentials.duration} min, relays {relays}")
+        return f"{where}: credentials for {answer.credentials.duration} min, relays {relays}"
 
     return await guarded(node, check)
 

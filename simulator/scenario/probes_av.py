@@ -21,15 +21,15 @@ import contextlib
 import random
 from collections.abc import Awaitable, Callable
 
-from simulator.lab.access import request_mras_credentials
+from simulator.lab.access import frontend_mras_credentials, request_mras_credentials
 from simulator.lab.addressing import HostKind
-from simulator.lab.av import PEER_TCP_MEDIA_PORT, TURN_TCP_PORT, TURN_UDP_PORT
+from simulator.lab.av import PEER_TCP_MEDIA_PORT, PEER_UDP_MEDIA_PORT, TURN_TCP_PORT, TURN_UDP_PORT
 from simulator.lab.clients import nat_for, open_tcp
-from simulator.net.media_peer import parse_seen
-from simulator.net.turn_client import Allocation, MsTurnClient, RfcTcpRelayClient
-from simulator.report.verdict import Outcome, ProbeFailure, Reason
+from simulator.net.clients.turn_client import Allocation, MsTurnClient, RfcTcpRelayClient
+from simulator.net.peers.media_peer import parse_seen
+from simulator.outcome import Outcome, ProbeFailure, Reason
 from simulator.scenario.probing import ProbeContext, guarded, peer, probe
-from simulator.scenario.schema import ClientRole
+from simulator.spec.schema import ClientRole
 from simulator.wire import mras, stun
 from simulator.wire.errors import MalformedMessage
 from simulator.wire.stun import Address, StunMethod
@@ -65,13 +65,21 @@ async def _inbound_snat(ctx: ProbeContext, node: str) -> str | None:
             "inbound SNAT breaks the relay's per-peer permissions")
 
 
+RTP_RULES = frozenset({"E11", "E13"})  # RTP/UDP through the relay: to the peer's media port, not its 3478
+
+
 def _rng(ctx: ProbeContext, node: str) -> random.Random:
     return random.Random(f"{ctx.lab.scenario.seed}:{ctx.rule.id}:{node}")
 
 
 async def _credentials(ctx: ProbeContext, node: str, internal: bool) -> tuple[str, str]:
-    location = mras.MrasLocation.INTRANET if internal else mras.MrasLocation.INTERNET
-    answer = await request_mras_credentials(ctx.lab, node, timeout=ctx.timeout, location=location)
+    """An outside user's credentials come through its sign-in (443 → Director → 5062); an internal user's from
+    its Front End asking the node's MRAS directly (I5), as Lync does."""
+    if internal:
+        _, answer = await frontend_mras_credentials(ctx.lab, node, _rng(ctx, node), timeout=ctx.timeout)
+    else:
+        answer = await request_mras_credentials(ctx.lab, node, timeout=ctx.timeout,
+                                                location=mras.MrasLocation.INTERNET)
     if answer.credentials is None:
         raise ProbeFailure(Reason.PROTOCOL_ERROR, "MRAS answered without credentials")
     return answer.credentials.username, answer.credentials.password
@@ -92,7 +100,7 @@ def _client_host(ctx: ProbeContext, role: ClientRole) -> str:
 
 def _check_allocation(ctx: ProbeContext, node: str, allocation: Allocation, server: Address,
                       client: Address | None, check_source: bool) -> str:
-    public = ctx.lab.external_bind(node, "av")
+    public = ctx.lab.public_address(node, "av")
     private = ctx.lab.private_addresses(node)
     seen = {allocation.relay.host, *(a.host for a in (allocation.alternate, allocation.reflexive) if a)}
     if seen & private:
@@ -120,7 +128,7 @@ async def _ms_session(ctx: ProbeContext, node: str, transport: str, *, internal:
                       client_role: ClientRole, check_source: bool = True,
                       credentials: tuple[str, str] | None = None) -> tuple[MsTurnClient, Allocation, str]:
     username, password = credentials or await _credentials(ctx, node, internal)
-    host = ctx.lab.plan.one(node, HostKind.EDGE_INTERNAL).address if internal else ctx.lab.external_bind(node, "av")
+    host = ctx.lab.plan.one(node, HostKind.EDGE_INTERNAL).address if internal else ctx.lab.public_address(node, "av")
     port = ctx.lab.port_map(TURN_UDP_PORT if transport == "udp" else TURN_TCP_PORT)
     source = _client_host(ctx, client_role)
     # MS-VERSION 3 (RFC 5389 header, real attribute lengths) as Lync 2013 clients send (research §1.1). A
@@ -138,9 +146,10 @@ async def _ms_session(ctx: ProbeContext, node: str, transport: str, *, internal:
     return client, allocation, f"{host}:{port}/{transport}: {detail}"
 
 
-async def _echo_through(ctx: ProbeContext, client: MsTurnClient, allocation: Allocation, peer_host: str) -> str:
-    """Send a payload to the peer's UDP echo through the relay; it must come back, sent from the relay."""
-    peer_address = Address(peer_host, ctx.lab.port_map(TURN_UDP_PORT))
+async def _echo_through(ctx: ProbeContext, client: MsTurnClient, allocation: Allocation, peer_host: str,
+                        port: int) -> str:
+    """Send a payload to the peer's UDP echo on ``port`` through the relay; it must come back, sent from the relay."""
+    peer_address = Address(peer_host, port)
     payload = f"edgesim-{ctx.rule.id}".encode()
     for _ in range(3):  # UDP: a couple of tries, bounded
         client.send(peer_address, payload)
@@ -167,7 +176,9 @@ async def _ms_probe(ctx: ProbeContext, node: str, transport: str, *, internal: b
     client, allocation, detail = await _ms_session(ctx, node, transport, internal=internal, client_role=client_role,
                                                    check_source=check_source)
     try:
-        return f"{detail}; {await _echo_through(ctx, client, allocation, _peer_host(ctx, peer_role))}"
+        # RTP goes to the peer's media port (E11, E13); the allocation rules echo off the remote Edge's 3478.
+        port = PEER_UDP_MEDIA_PORT if ctx.rule.id in RTP_RULES else ctx.lab.port_map(TURN_UDP_PORT)
+        return f"{detail}; {await _echo_through(ctx, client, allocation, _peer_host(ctx, peer_role), port)}"
     finally:
         await client.close()
 
@@ -178,13 +189,13 @@ async def _across_the_pool(ctx: ProbeContext, node: str, outbound: bool) -> str:
     others = [n.name for n in ctx.lab.scenario.edge_pool.nodes if n.name != node]
     if not others:
         return "single-node pool: no hairpin to check"
-    credentials = await _credentials(ctx, node, internal=False)
+    # Each node's credentials from its own MRAS: in a split lab every node checks its own store.
     here, here_alloc, _ = await _ms_session(ctx, node, "udp", internal=False, client_role=ClientRole.REMOTE_USER,
-                                            check_source=False, credentials=credentials)
+                                            check_source=False, credentials=await _credentials(ctx, node, False))
     try:
         there, there_alloc, _ = await _ms_session(ctx, others[0], "udp", internal=False,
                                                   client_role=ClientRole.REMOTE_USER, check_source=False,
-                                                  credentials=credentials)
+                                                  credentials=await _credentials(ctx, others[0], False))
         try:
             sender, receiver = (here, there) if outbound else (there, here)
             sender_alloc, receiver_alloc = (here_alloc, there_alloc) if outbound else (there_alloc, here_alloc)
@@ -305,7 +316,7 @@ async def av_turn_udp_out(ctx: ProbeContext, node: str) -> Outcome:
 
 async def _tcp_relay(ctx: ProbeContext, node: str) -> tuple[RfcTcpRelayClient, Address]:
     username, password = await _credentials(ctx, node, internal=False)
-    server = Address(ctx.lab.external_bind(node, "av"), ctx.lab.port_map(TURN_TCP_PORT))
+    server = Address(ctx.lab.public_address(node, "av"), ctx.lab.port_map(TURN_TCP_PORT))
     source = _client_host(ctx, ClientRole.REMOTE_USER)
     client = RfcTcpRelayClient(
         server, username, password, _rng(ctx, node), local_host=source,
@@ -313,7 +324,7 @@ async def _tcp_relay(ctx: ProbeContext, node: str) -> tuple[RfcTcpRelayClient, A
     await client.open(ctx.timeout)
     try:
         relay = await client.allocate(ctx.timeout)
-        public, ranges = ctx.lab.external_bind(node, "av"), ctx.lab.scenario.edge_pool.relay_ports
+        public, ranges = ctx.lab.public_address(node, "av"), ctx.lab.scenario.edge_pool.relay_ports
         if relay.host != public or not ranges.first <= relay.port <= ranges.last:
             raise ProbeFailure(Reason.PROTOCOL_ERROR, f"TCP relay {relay} is not {public}:{ranges.first}-{ranges.last}")
     except BaseException:

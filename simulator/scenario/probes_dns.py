@@ -10,11 +10,11 @@ from cryptography.exceptions import InvalidSignature
 
 from simulator.lab.addressing import HostKind
 from simulator.lab.names import CRL_PATH, CRL_PORT, crl_host
-from simulator.net.http import http_get
-from simulator.net.tls import classify_tls_error
-from simulator.report.verdict import Outcome, ProbeFailure, Reason
+from simulator.net.clients.http import http_get
+from simulator.net.transport.tls import classify_tls_error
+from simulator.outcome import Outcome, ProbeFailure, Reason
 from simulator.scenario.probing import ProbeContext, access_edge_resolver, guarded, probe, resolve
-from simulator.scenario.schema import ClientRole
+from simulator.spec.schema import ClientRole
 
 
 async def _dns_check(ctx: ProbeContext, node: str, transport: str) -> str:
@@ -22,7 +22,7 @@ async def _dns_check(ctx: ProbeContext, node: str, transport: str) -> str:
     resolver = access_edge_resolver(ctx, node)
     pool = ctx.lab.scenario.edge_pool
     # One A record per node: each node's public Access Edge address (DNS load balancing, research §2).
-    expected = sorted(ctx.lab.external_bind(n.name, "access") for n in pool.nodes)
+    expected = sorted(ctx.lab.public_address(n.name, "access") for n in pool.nodes)
     got = sorted(await resolve(resolver.resolve_a(pool.access_fqdn, transport),
                                 f"{pool.access_fqdn} A over {transport}"))
     if got != expected:

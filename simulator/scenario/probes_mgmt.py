@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from simulator.net.mgmt import cls_query, cms_push
-from simulator.report.verdict import Outcome, ProbeFailure, Reason
+from simulator.net.clients.mgmt import cls_query, cms_push
+from simulator.outcome import Outcome, ProbeFailure, Reason
 from simulator.scenario.probing import ProbeContext, guarded, host_of, internal_target, peer, probe
-from simulator.scenario.schema import ClientRole
+from simulator.spec.schema import ClientRole
 
 
 @probe("cms-replication")

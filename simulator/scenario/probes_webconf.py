@@ -7,11 +7,11 @@ import ssl
 
 from simulator.lab.clients import open_tcp
 from simulator.lab.webconf import PSOM_EXTERNAL_PORT, PSOM_INTERNAL_PORT
-from simulator.net.psom import psom_join, psom_register
-from simulator.net.tls import client_context
-from simulator.report.verdict import Outcome, ProbeFailure, Reason
+from simulator.net.clients.psom import psom_join, psom_register
+from simulator.net.transport.tls import client_context
+from simulator.outcome import Outcome, ProbeFailure, Reason
 from simulator.scenario.probing import ProbeContext, guarded, host_of, internal_target, peer, probe
-from simulator.scenario.schema import ClientRole
+from simulator.spec.schema import ClientRole
 
 
 @probe("psom-frontend-in")
@@ -41,7 +41,7 @@ async def psom_client_in(ctx: ProbeContext, node: str) -> Outcome:
     async def check() -> str:
         files = ctx.lab.files
         assert files is not None
-        address = ctx.lab.external_bind(node, "webconf")
+        address = ctx.lab.public_address(node, "webconf")
         port = ctx.lab.port_map(PSOM_EXTERNAL_PORT)
         name = ctx.lab.scenario.edge_pool.webconf_fqdn
         # A remote user's client, through its population's NAT box when it has one.

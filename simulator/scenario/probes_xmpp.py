@@ -8,18 +8,11 @@ from collections.abc import Callable
 
 from simulator.lab.addressing import HostKind
 from simulator.lab.xmpp import XMPP_GATEWAY_PORT, XMPP_S2S_PORT
-from simulator.net.xmpp import (
-    answered_id,
-    connect_s2s,
-    exchange,
-    is_error,
-    message_with_receipt_request,
-    open_gateway_link,
-    ping,
-)
-from simulator.report.verdict import Outcome, ProbeFailure, Reason
+from simulator.net.clients.xmpp import exchange, message_with_receipt_request, open_gateway_link, ping
+from simulator.net.transport.xmpp_stream import answered_id, connect_s2s, is_error
+from simulator.outcome import Outcome, ProbeFailure, Reason
 from simulator.scenario.probing import ProbeContext, guarded, host_of, internal_target, peer, probe
-from simulator.scenario.schema import ClientRole
+from simulator.spec.schema import ClientRole
 
 
 def _check_answer(answer: ET.Element, stanza_id: str, where: str) -> None:
@@ -70,7 +63,7 @@ async def xmpp_s2s_in(ctx: ProbeContext, node: str) -> Outcome:
     async def check() -> str:
         partner = peer(ctx, ClientRole.XMPP_PARTNER)
         assert partner.domain is not None
-        address = ctx.lab.external_bind(node, "access")
+        address = ctx.lab.public_address(node, "access")
         port = ctx.lab.port_map(XMPP_S2S_PORT)
         domain = ctx.lab.scenario.domain
         source = ctx.lab.plan.of(partner.name, HostKind.CLIENT)[0].address

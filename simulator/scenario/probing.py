@@ -17,11 +17,11 @@ from typing import TypeVar
 from simulator.lab.addressing import HostKind
 from simulator.lab.names import DNS_PORT
 from simulator.lab.topology import Lab
-from simulator.net.resolver import NameNotFound, ResolverError, ResolverTimeout, StubResolver
-from simulator.net.tls import classify_tls_error
-from simulator.report.verdict import Outcome, ProbeFailure, Reason, Verdict
-from simulator.scenario.rules import Rule
-from simulator.scenario.schema import Client, ClientRole
+from simulator.net.transport.resolver import NameNotFound, ResolverError, ResolverTimeout, StubResolver
+from simulator.net.transport.tls import classify_tls_error
+from simulator.outcome import Outcome, ProbeFailure, Reason, Verdict
+from simulator.spec.rules import Rule
+from simulator.spec.schema import Client, ClientRole
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,8 @@ def internal_target(ctx: ProbeContext, node: str) -> tuple[str, str]:
 
 async def guarded(node: str, check: Callable[[], Awaitable[str]]) -> Outcome:
     """Run a check; a :class:`ProbeFailure` becomes a ``fail`` outcome with its reason."""
+    # A measurement for the report, not protocol time: no core sees it and no timer is armed from it, so it
+    # takes the clock made for durations (loop.time() is millisecond-coarse under uvloop; reports keep µs).
     started = time.perf_counter()
     try:
         detail = await check()

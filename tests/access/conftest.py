@@ -6,7 +6,7 @@ import pytest
 
 from simulator.lab.pki import LabPki, build_pki
 from simulator.lab.topology import Lab
-from simulator.scenario.schema import Scenario
+from simulator.spec.schema import Scenario
 
 
 @pytest.fixture(scope="session")

@@ -21,13 +21,14 @@ from simulator.lab.access import (
 from simulator.lab.addressing import HostKind
 from simulator.lab.pki import LabPki
 from simulator.lab.topology import Lab
-from simulator.net.access_edge import AccessEdge, MrasService
-from simulator.net.frontend import FrontEndServer
-from simulator.net.sip_client import SipClient, one_request
-from simulator.net.sip_connection import SipTlsListener, diagnostic_reason
-from simulator.net.tls import client_context
-from simulator.report.verdict import ProbeFailure, Reason
-from simulator.scenario.schema import CertificateVariant, ClientRole, Scenario
+from simulator.net.clients.sip_client import SipClient, one_request
+from simulator.net.edge.access_edge import AccessEdge
+from simulator.net.edge.mras import MrasService
+from simulator.net.peers.frontend import FrontEndServer
+from simulator.net.transport.sip_connection import SipTlsListener, diagnostic_reason
+from simulator.net.transport.tls import client_context
+from simulator.outcome import ProbeFailure, Reason
+from simulator.spec.schema import CertificateVariant, ClientRole, Scenario
 from simulator.wire import mras
 from simulator.wire.sip import SipResponse
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from simulator.net.listener import READ_SIZE
-from simulator.net.sip_connection import SipConnection
+from simulator.net.transport.listener import READ_SIZE
+from simulator.net.transport.sip_connection import SipConnection
 from simulator.wire.sip import SipStreamFramer, parse_message
 from tests.sip.corpus import ALL
 

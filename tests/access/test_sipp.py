@@ -8,8 +8,8 @@ import pytest
 
 from simulator.lab.access import access_edge_address, remote_user_session, user_accounts
 from simulator.lab.topology import Lab
-from simulator.net.access_edge import AccessEdge
-from simulator.net.frontend import FrontEndServer
+from simulator.net.edge.access_edge import AccessEdge
+from simulator.net.peers.frontend import FrontEndServer
 from tests.peers import require_tool
 
 from .sipp_harness import SIPP_DIR, SIPP_HOST, free_port, run_sipp, stunnel_client

@@ -13,7 +13,7 @@ from typing import Any
 
 from simulator.core.credentials import CredentialStore
 from simulator.core.ports import RelayPortAllocator, Transport
-from simulator.core.turn_server import TurnServer, TurnServerConfig
+from simulator.core.turn import TurnServer, TurnServerConfig
 from simulator.wire import msturn, stun, turn
 from simulator.wire.framing import MsTurnFrameKind, MsTurnTcpFramer, Role, TurnTcpFramer, client_hello, frame_control
 from simulator.wire.stun import Address, Attribute, Message, MessageClass, attr

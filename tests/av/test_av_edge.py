@@ -4,20 +4,23 @@ client (UDP and TCP) echoing through the relay."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import uvloop
 
 from simulator.core.credentials import CredentialStore
-from simulator.net.av_edge import AvEdgeServer
+from simulator.net.edge.av_edge import AvEdgeServer, loop_unix_time, unix_loop_clock
 from simulator.wire import msturn, turn
-from simulator.wire.framing import MsTurnTcpFramer, Role, client_hello, frame_control, frame_data
-from simulator.wire.stun import Address, MessageClass, attr
+from simulator.wire.framing import MsTurnTcpFramer, Role, TurnTcpFramer, client_hello, frame_control, frame_data
+from simulator.wire.stun import Address, Attribute, Message, MessageClass, attr
 from simulator.wire.turn import TurnMethod
 from tests.av.helpers import MsClient, RfcClient, error_code
 
@@ -161,6 +164,188 @@ async def test_bind_failure_on_a_held_relay_port_moves_to_the_next_port() -> Non
                 assert server.metrics()["bind_failures"] == 1
     finally:
         blocker.close()
+
+
+# ---------------------------------------------------------------- clock and timer
+
+
+async def udp_allocate(c: RfcClient, sock: asyncio.DatagramTransport, inbox: Collector, target: tuple[Any, ...],
+                       *extra: Attribute) -> Message:
+    """Allocate → 401 → authenticated Allocate of a UDP relay; returns the success response."""
+    udp_attr = attr(turn.REQUESTED_TRANSPORT, 17)
+    sock.sendto(c.request(TurnMethod.ALLOCATE, udp_attr, *extra, auth=False), target)
+    assert error_code(c.learn((await inbox.get())[0])) == 401
+    sock.sendto(c.request(TurnMethod.ALLOCATE, udp_attr, *extra), target)
+    resp = c.learn((await inbox.get())[0])
+    assert resp.cls == MessageClass.SUCCESS, error_code(resp)
+    return resp
+
+
+async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    """Poll every millisecond (the tolerances below are 100 ms) until ``condition()`` holds."""
+    async with asyncio.timeout(timeout):
+        for _ in itertools.count():  # a state change no callback reports: poll
+            if condition():
+                return
+            await asyncio.sleep(0.001)
+
+
+async def test_allocation_expires_at_its_deadline_though_the_timer_was_armed_later() -> None:
+    """An allocation whose deadline comes before the armed timer still expires on it, within 100 ms (the shell
+    re-arms when a request moves the core's next deadline earlier), and its relay socket is closed."""
+    async with edge(public=HOST, config={"default_lifetime": 1}) as server, udp(Echo(), PEER_HOST) as pt:
+        assert server.udp_address is not None
+        target = tuple(server.udp_address)
+        hour_box, second_box = Collector(), Collector()
+        async with udp(hour_box, CLIENT_HOST) as hour_t, udp(second_box, CLIENT_HOST) as second_t:
+            await udp_allocate(RfcClient(), hour_t, hour_box, target, attr(turn.LIFETIME, 3600))
+            armed = server.core.get_timer()  # the cached Allocate answer, 40 s on: what the shell armed
+            assert armed is not None and armed > server.time() + 30
+            c = RfcClient()
+            resp = await udp_allocate(c, second_t, second_box, target)
+            assert resp.get(turn.LIFETIME) == 1
+            relay = resp.get(turn.XOR_RELAYED_ADDRESS)
+            assert relay is not None
+            peer = Address(*pt.get_extra_info("sockname"))
+            # a permission attaches the relay socket to the loop: the common case, closed through its transport
+            second_t.sendto(c.request(TurnMethod.CREATE_PERMISSION, attr(turn.XOR_PEER_ADDRESS, peer)), target)
+            assert c.learn((await second_box.get())[0]).cls == MessageClass.SUCCESS
+            [short] = [a for a in server.core.allocations() if a.lease.port == relay.port]
+            assert short.expires < armed
+            await until(lambda: server.core.allocation_count == 1)
+            late = server.time() - short.expires
+            assert 0 <= late < 0.1, late  # RFC 8656 §7: deleted when its lifetime ends
+            await asyncio.sleep(0.01)  # a transport closes its socket on the next loop iteration
+            assert server.metrics()["relay_sockets"] == 1
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.bind((HOST, relay.port))  # the relay socket is really closed: its port binds again
+
+
+async def test_connection_bind_timeout_closes_the_peer_connection_on_time() -> None:
+    """RFC 6062 §5.3: a peer connection with no ConnectionBind is closed when the timeout ends, within 100 ms
+    even for a deadline under a second (the old shell armed at most 1 s ahead and closed it up to 1 s late)."""
+    accepted: asyncio.Queue[float] = asyncio.Queue()
+    closed: asyncio.Queue[float] = asyncio.Queue()
+
+    async with edge(public=HOST, config={"connection_bind_timeout": 0.3}) as server:
+        async def on_peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.put_nowait(server.time())
+            await reader.read()  # until the Edge closes it
+            closed.put_nowait(server.time())
+            writer.close()
+
+        peer_server = await asyncio.start_server(on_peer, PEER_HOST, 0)
+        assert server.tcp_address is not None
+        reader, writer = await asyncio.open_connection(*server.tcp_address, local_addr=(CLIENT_HOST, 0))
+        framer = TurnTcpFramer()
+
+        async def answer() -> Message:
+            while True:
+                frames = framer.feed(await asyncio.wait_for(reader.read(4096), 3))
+                if frames:
+                    [frame] = frames
+                    return c.learn(frame.data)
+
+        try:
+            c = RfcClient()
+            tcp_attr = attr(turn.REQUESTED_TRANSPORT, 6)
+            writer.write(c.request(TurnMethod.ALLOCATE, tcp_attr, auth=False))
+            assert error_code(await answer()) == 401
+            writer.write(c.request(TurnMethod.ALLOCATE, tcp_attr))
+            assert (await answer()).cls == MessageClass.SUCCESS
+            peer = Address(*peer_server.sockets[0].getsockname()[:2])
+            sent = server.time()
+            writer.write(c.request(TurnMethod.CONNECT, attr(turn.XOR_PEER_ADDRESS, peer)))
+            resp = await answer()
+            assert resp.cls == MessageClass.SUCCESS and resp.get(turn.CONNECTION_ID) is not None
+            await asyncio.wait_for(accepted.get(), 3)
+            gone = await asyncio.wait_for(closed.get(), 3)
+            # The deadline is the Connect's arrival + 0.3 s (in the core's arithmetic): not before sent + 0.3 s,
+            # and not much later.
+            assert sent + 0.3 <= gone < sent + 0.3 + 0.1, gone - sent
+        finally:
+            writer.close()
+            await writer.wait_closed()
+            peer_server.close()
+            await peer_server.wait_closed()
+
+
+@pytest.mark.parametrize("test", [test_allocation_expires_at_its_deadline_though_the_timer_was_armed_later,
+                                  test_connection_bind_timeout_closes_the_peer_connection_on_time])
+def test_timers_fire_on_time_on_uvloop(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """The same on uvloop, which ``edgesim serve`` runs: it rounds ``call_at`` delays to whole milliseconds, so a
+    handle can fire before its deadline (the shell then waits a millisecond more)."""
+    uvloop.run(test())
+
+
+async def test_a_wall_clock_step_back_moves_neither_now_nor_the_relay_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An NTP step of the wall clock after start: the core's time comes from the loop's clock, so the relay
+    port pools, which refuse a ``now`` that goes backwards, keep allocating (the old shell read time.time)."""
+    real = time.time
+    step = [0.0]
+    monkeypatch.setattr(time, "time", lambda: real() - step[0])
+    async with edge(public=HOST) as server:
+        assert server.udp_address is not None
+        target = tuple(server.udp_address)
+        first_box, second_box = Collector(), Collector()
+        async with udp(first_box, CLIENT_HOST) as first_t, udp(second_box, CLIENT_HOST) as second_t:
+            first = RfcClient()
+            await udp_allocate(first, first_t, first_box, target)
+            step[0] = 3600.0  # the wall clock goes back an hour
+            await udp_allocate(RfcClient(), second_t, second_box, target)
+            first_t.sendto(first.request(TurnMethod.REFRESH, attr(turn.LIFETIME, 0)), target)
+            assert first.learn((await first_box.get())[0]).get(turn.LIFETIME) == 0
+            assert server.core.allocation_count == 1
+
+
+async def test_every_edge_and_mras_on_one_loop_read_one_unix_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool's A/V Edges and MRAS (``loop_unix_time``, what the lab hands it) share one offset, even across a
+    wall-clock step between two starts: a credential MRAS stamps and the time an Edge checks it at, and the
+    shared pool NAT's ``now``, come from one clock."""
+    loop = asyncio.get_running_loop()
+    clock = unix_loop_clock()
+    assert abs(clock() - time.time()) < 0.5  # Unix seconds
+    real = time.time
+    async with edge(public=HOST) as first:
+        monkeypatch.setattr(time, "time", lambda: real() + 5.0)  # NTP steps the wall clock between two starts
+        async with AvEdgeServer(PEER_HOST, PEER_HOST, udp_port=0, tcp_port=0) as second:
+            assert first.clock.offset == second.clock.offset == unix_loop_clock(loop).offset == clock.offset
+            assert first.time() <= loop_unix_time() <= second.time() < first.time() + 1
+    now = loop.time()
+    assert clock.loop_time(now + clock.offset) == pytest.approx(now, abs=1e-6)  # Unix deadline → call_at time
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_the_timer_is_armed_at_exactly_the_core_deadline_and_only_then(transport: str) -> None:
+    async with edge(public=HOST) as server:
+        assert server.udp_address is not None and server.tcp_address is not None
+        assert server.timer_deadline is None  # idle: nothing pending, no wake-ups
+        c = RfcClient()
+        if transport == "udp":
+            box = Collector()
+            async with udp(box, CLIENT_HOST) as sock:
+                target = tuple(server.udp_address)
+                await udp_allocate(c, sock, box, target)
+                assert server.timer_deadline == server.core.get_timer()  # the cached answer, 40 s on
+                sock.sendto(c.request(TurnMethod.REFRESH, attr(turn.LIFETIME, 0)), target)
+                assert c.learn((await box.get())[0]).get(turn.LIFETIME) == 0
+                assert server.timer_deadline == server.core.get_timer()
+        else:
+            reader, writer = await asyncio.open_connection(*server.tcp_address, local_addr=(CLIENT_HOST, 0))
+            framer = TurnTcpFramer()
+            try:
+                for auth in (False, True):
+                    writer.write(c.request(TurnMethod.ALLOCATE, attr(turn.REQUESTED_TRANSPORT, 17), auth=auth))
+                    frames: list[Any] = []
+                    while not frames:
+                        frames = framer.feed(await asyncio.wait_for(reader.read(4096), 3))
+                    c.learn(frames[0].data)
+                assert server.core.allocation_count == 1
+                assert server.timer_deadline == server.core.get_timer()
+            finally:
+                writer.close()
+                await writer.wait_closed()
+    assert server.timer_deadline is None
 
 
 # ---------------------------------------------------------------- CLI + aioice

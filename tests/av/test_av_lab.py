@@ -13,11 +13,11 @@ from simulator.lab.access import request_mras_credentials
 from simulator.lab.addressing import HostKind
 from simulator.lab.av import TURN_UDP_PORT
 from simulator.lab.topology import Lab
-from simulator.net.av_edge import AvEdgeServer
-from simulator.net.turn_client import MsTurnClient
-from simulator.report.verdict import ProbeFailure, Reason, Verdict
+from simulator.net.clients.turn_client import MsTurnClient
+from simulator.net.edge.av_edge import AvEdgeServer
+from simulator.outcome import ProbeFailure, Reason, Verdict
 from simulator.scenario.runner import run_rules
-from simulator.scenario.schema import Scenario
+from simulator.spec.schema import Scenario
 from simulator.wire.stun import Address
 
 AV_RULES = ["E10", "E11", "E12", "E13", "E14", "E15", "E16", "E17", "I6", "I7", "P4", "P5", "P6"]

@@ -326,7 +326,7 @@ def test_cached_pad_hmac_is_hmac(digest: str) -> None:
 def test_deleted_allocations_are_freed_and_refreshed_ones_still_expire() -> None:
     import gc
 
-    from simulator.core.turn_server import Allocation
+    from simulator.core.turn import Allocation
 
     h = make_harness(first_port=50000, last_port=50999)
     rt = attr(turn.REQUESTED_TRANSPORT, UDP)

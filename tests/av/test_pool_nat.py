@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from simulator.lab.topology import Lab
-from simulator.report.verdict import Verdict
+from simulator.outcome import Verdict
 from simulator.scenario.runner import run_rules
-from simulator.scenario.schema import Scenario
+from simulator.spec.schema import Scenario
 
 AV_RULES = ["E10", "E11", "E12", "E13", "E14", "E15", "E16", "E17", "I6", "I7", "P4", "P5", "P6"]
 PREREQUISITES = ["I3", "E6", "I5"]

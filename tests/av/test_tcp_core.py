@@ -3,7 +3,7 @@ ConnectionBind, the 30 s bind deadline, 446/447."""
 
 from __future__ import annotations
 
-from simulator.core.turn_server import CloseStream, ConnectPeer
+from simulator.core.turn import CloseStream, ConnectPeer
 from simulator.wire import stun, turn
 from simulator.wire.stun import Address, MessageClass, attr
 from simulator.wire.turn import TurnMethod

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from simulator.core.dns_zone import Zone
-from simulator.net.dns import DnsServer
+from simulator.net.peers.dns import DnsServer
 
 DNS_SERVER_HOST = "127.77.53.1"
 CLIENT_HOST = "127.77.53.2"

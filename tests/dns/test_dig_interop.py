@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from simulator.net.dns import DnsServer
+from simulator.net.peers.dns import DnsServer
 from tests.dns.conftest import BIG_NAME, BIG_NAME_ADDRESSES, POOL_NODES
 from tests.peers import require_tool
 

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from simulator.core.dns_policy import LyncFailoverPolicy
-from simulator.net.dns import DnsServer
-from simulator.net.resolver import NameNotFound, ResolverTimeout, SrvTarget, StubResolver
+from simulator.net.peers.dns import DnsServer
+from simulator.net.transport.resolver import NameNotFound, ResolverTimeout, SrvTarget, StubResolver
 from tests.dns.conftest import BIG_NAME, BIG_NAME_ADDRESSES, CLIENT_HOST, DNS_SERVER_HOST, POOL_NODES
 
 

@@ -13,7 +13,7 @@ import dns.rcode
 import pytest
 
 from simulator.core.dns_zone import Zone
-from simulator.net.dns import DnsServer
+from simulator.net.peers.dns import DnsServer
 from tests.dns.conftest import BIG_NAME_ADDRESSES, CLIENT_HOST, DNS_SERVER_HOST, POOL_NODES
 
 TIMEOUT = 2.0

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.interop
 SCRIPT = Path(__file__).with_name("libnice_msturn.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
 MS_USER, MS_PASSWORD = "msturn01", "pass1234"  # 8 bytes: see the module docstring
-LOCAL, PEER = "127.86.5.1", "127.86.5.2"
+LOCAL, PEER = turnpeers.LIBNICE_LOCAL, turnpeers.LIBNICE_PEER  # this process's own interop addresses
 
 # libnice writes MS-TURN attributes unpadded with exact lengths, so a payload that is not a multiple of 4
 # bytes checks that the Edge reads that form and answers in it (the DATA length is not rounded up), and

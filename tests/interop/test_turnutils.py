@@ -57,7 +57,7 @@ def uclient_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         for index, transport in enumerate(TRANSPORTS, start=1):
             argv = turnpeers.uclient_argv(
                 server, transport, peer=(turnpeers.PEER_HOST, peer_port), messages=MESSAGES, clients=CLIENTS,
-                local_host=f"127.86.3.{index}",
+                local_host=turnpeers.client_host(index),
             )
             started[transport] = PeerProcess("turnutils_uclient", argv, workdir / f"uclient-{transport}.log")
         results = {t: turnpeers.wait_uclient(p, UCLIENT_TIMEOUT_S) for t, p in started.items()}

@@ -2,6 +2,11 @@
 ``turnutils_peer`` and ``turnutils_uclient`` — started on their own 127.x.y.z address, waited for with a
 deadline, and always stopped (SIGTERM to the process group, then SIGKILL) with their logs kept.
 
+Addresses: every role lives in ``<P>.86.0/24``, where ``<P>`` is this process's own loopback /16
+(``tests.conftest.loopback_prefix_for_tests``: ``127.(100 + pid % 100)``), so two test runs (or a run and
+``make bench``) on one host bind different addresses unless their pids agree modulo 100; the lab's address
+plan (simulator/lab/addressing.py) leaves ``<P>.86.0/24`` unused.
+
 Nothing here is a test: ``tests/interop/test_*.py`` and ``benchmarks/turn_vs_coturn.py`` import it.
 
 - :class:`PeerProcess` owns one child started in its own session (process group). ``stop()`` is idempotent,
@@ -33,16 +38,35 @@ from typing import IO
 
 from simulator.wire import stun
 from simulator.wire.errors import MalformedMessage
+from tests.conftest import loopback_prefix_for_tests
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGESIM = ROOT / ".venv" / "bin" / "edgesim"
 
-# One loopback address per role (never 127.0.0.1): coturn, edgesim (listen / public relay), peers, clients.
-COTURN_HOST = "127.86.0.1"
-EDGESIM_HOST = "127.86.1.1"
-EDGESIM_PUBLIC = "127.86.1.2"  # advertised and bound for relays, so a relay address is routable on lo
-PEER_HOST = "127.86.2.1"
-CLIENT_HOST = "127.86.3.1"
+INTEROP_NET = f"{loopback_prefix_for_tests()}.86"  # this process's /24 for interop peers (see above)
+
+
+def interop_host(last_octet: int) -> str:
+    """An address of this process's interop /24 (never 127.0.0.1)."""
+    if not 1 <= last_octet <= 254:
+        raise ValueError(f"no host .{last_octet} in {INTEROP_NET}.0/24")
+    return f"{INTEROP_NET}.{last_octet}"
+
+
+# One loopback address per role: coturn, edgesim (listen / public relay), peers, clients (.31 upward), libnice.
+COTURN_HOST = interop_host(1)
+EDGESIM_HOST = interop_host(11)
+EDGESIM_PUBLIC = interop_host(12)  # advertised and bound for relays, so a relay address is routable on lo
+PEER_HOST = interop_host(21)
+CLIENT_HOST = interop_host(31)
+LIBNICE_LOCAL, LIBNICE_PEER = interop_host(51), interop_host(52)
+
+
+def client_host(index: int) -> str:
+    """The ``index``-th client address (1 = CLIENT_HOST), for runs that need one 5-tuple source per client."""
+    if not 1 <= index <= 19:
+        raise ValueError(f"client index {index} outside 1..19")
+    return interop_host(30 + index)
 
 USER, PASSWORD, REALM = "alice", "s3cret", "edgesim.test"
 READY_LINE = re.compile(

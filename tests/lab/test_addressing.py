@@ -5,7 +5,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network
 
 from simulator.lab.addressing import AddressPlan, HostKind, PortMap
-from simulator.scenario.schema import Scenario
+from simulator.spec.schema import Scenario
 
 
 def test_every_host_has_its_own_loopback_address(shipped_as_written: Scenario) -> None:

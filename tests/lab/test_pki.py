@@ -9,7 +9,7 @@ import pytest
 from cryptography import x509
 
 from simulator.lab.pki import LabPki, build_pki
-from simulator.scenario.schema import CertificateVariant, Scenario
+from simulator.spec.schema import CertificateVariant, Scenario
 from tests.peers import require_tool
 
 

@@ -17,8 +17,8 @@ from typing import cast
 import pytest
 
 from simulator.core.nat import Behaviour, NatConfig
-from simulator.net.natbox import NatBox
-from simulator.net.netns import NamespacedHost, namespaces_unavailable_reason
+from simulator.net.nat.natbox import NatBox
+from simulator.net.nat.netns import NamespacedHost, namespaces_unavailable_reason
 from tests.peers import in_ci
 
 Address = tuple[str, int]

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from simulator.core.nat import Behaviour, DropReason
-from simulator.net.natbox import DatapathDrop, EndpointClosed, NatBox
+from simulator.net.nat.natbox import DatapathDrop, EndpointClosed, NatBox
 from tests.nat.conftest import TEST_PORT_RANGE, UdpServer, loopback_ip, wait_until
 
 EI, AD, APD = Behaviour.ENDPOINT_INDEPENDENT, Behaviour.ADDRESS_DEPENDENT, Behaviour.ADDRESS_AND_PORT_DEPENDENT

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from simulator.core.nat import Behaviour, DropReason
-from simulator.net.natbox import NatBox
+from simulator.net.nat.natbox import NatBox
 from tests.nat.conftest import require_namespaces, run_inside
 from tests.peers import require_tool
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from simulator.core.nat import Behaviour, DropReason
-from simulator.net.natbox import NatBox
-from simulator.net.netns import NamespacedHost
+from simulator.net.nat.natbox import NatBox
+from simulator.net.nat.netns import NamespacedHost
 from simulator.wire.ipv4 import UdpDatagram, build_udp
 from tests.nat.conftest import UdpServer, loopback_ip, require_namespaces, run_inside
 

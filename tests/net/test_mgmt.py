@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 
 from simulator.lab.addressing import HostKind
 from simulator.lab.topology import Lab
-from simulator.net.mgmt import ClsAgentListener, CmsReplicationListener, cls_query, cms_push
-from simulator.net.tls import client_context
-from simulator.report.verdict import ProbeFailure, Reason
-from simulator.scenario.schema import CertificateVariant, ClientRole, Scenario
+from simulator.net.clients.mgmt import cls_query, cms_push
+from simulator.net.edge.mgmt import ClsAgentListener, CmsReplicationListener
+from simulator.net.transport.tls import client_context
+from simulator.outcome import ProbeFailure, Reason
+from simulator.spec.schema import CertificateVariant, ClientRole, Scenario
 from simulator.wire.cls import parse_query, parse_reply
 from simulator.wire.errors import MalformedMessage
 

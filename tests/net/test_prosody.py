@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from simulator.lab.pki import PkiFiles, build_pki
-from simulator.net.tls import client_context
-from simulator.net.xmpp import connect_s2s
-from simulator.report.verdict import ProbeFailure, Reason
-from simulator.scenario.schema import CertificateVariant, Scenario
+from simulator.net.transport.tls import client_context
+from simulator.net.transport.xmpp_stream import connect_s2s
+from simulator.outcome import ProbeFailure, Reason
+from simulator.spec.schema import CertificateVariant, Scenario
 from tests.peers import in_ci, require_tool
 
 pytestmark = pytest.mark.interop

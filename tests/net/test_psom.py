@@ -12,11 +12,13 @@ from hypothesis import strategies as st
 
 from simulator.lab.topology import Lab
 from simulator.lab.webconf import PSOM_EXTERNAL_PORT
-from simulator.net.psom import LINKS_PER_NODE, PsomExternalListener, PsomInternalListener, psom_join
-from simulator.net.tls import client_context
-from simulator.report.verdict import ProbeFailure, Reason, Verdict
+from simulator.net.clients.psom import psom_join
+from simulator.net.edge.webconf import PsomExternalListener, PsomInternalListener
+from simulator.net.peers.webconf_frontend import LINKS_PER_NODE
+from simulator.net.transport.tls import client_context
+from simulator.outcome import ProbeFailure, Reason, Verdict
 from simulator.scenario.runner import run_rules
-from simulator.scenario.schema import Scenario
+from simulator.spec.schema import Scenario
 from simulator.wire.errors import MalformedMessage
 from simulator.wire.psom import PsomFramer, PsomRecord, PsomType
 

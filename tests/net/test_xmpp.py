@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from simulator.lab.addressing import HostKind
 from simulator.lab.topology import Lab
 from simulator.lab.xmpp import XMPP_S2S_PORT
-from simulator.net.xmpp import XmppServerListener, connect_s2s
-from simulator.report.verdict import ProbeFailure, Reason, Verdict
+from simulator.net.transport.xmpp_stream import XmppServerListener, connect_s2s
+from simulator.outcome import ProbeFailure, Reason, Verdict
 from simulator.scenario.runner import run_rules
-from simulator.scenario.schema import CertificateVariant, ClientRole, Scenario
+from simulator.spec.schema import CertificateVariant, ClientRole, Scenario
 from simulator.wire import xmpp
 from simulator.wire.errors import MalformedMessage
 

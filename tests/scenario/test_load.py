@@ -9,12 +9,12 @@ import pytest
 from simulator.lab.addressing import HostKind
 from simulator.lab.clients import nat_for
 from simulator.lab.topology import Lab
-from simulator.net.natbox import NatBox
-from simulator.report.verdict import Verdict
+from simulator.net.nat.natbox import NatBox
+from simulator.outcome import Verdict
 from simulator.scenario.load import LoadReport, SessionRecord, check_load, run_load
-from simulator.scenario.loader import load_scenario
 from simulator.scenario.runner import run_rules
-from simulator.scenario.schema import DnsPolicy, Scenario
+from simulator.spec.loader import load_scenario
+from simulator.spec.schema import DnsPolicy, Scenario
 
 from ..conftest import ROOT, loopback_prefix_for_tests
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from simulator.report.verdict import Verdict
-from simulator.scenario.loader import ScenarioError, load_scenario, load_scenario_text
-from simulator.scenario.schema import ClientRole, DnsPolicy
+from simulator.outcome import Verdict
+from simulator.spec.loader import ScenarioError, load_scenario, load_scenario_text
+from simulator.spec.schema import ClientRole, DnsPolicy
 
 from ..conftest import SHIPPED
 

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from simulator.lab.topology import Lab
-from simulator.net.av_edge import AvEdgeServer
-from simulator.net.dns import DnsServer
-from simulator.net.listener import TcpListener
-from simulator.net.media_peer import MediaPeer
-from simulator.report.verdict import Verdict
+from simulator.net.edge.av_edge import AvEdgeServer
+from simulator.net.peers.dns import DnsServer
+from simulator.net.peers.media_peer import MediaPeer
+from simulator.net.transport.listener import TcpListener
+from simulator.outcome import Verdict
 from simulator.scenario.runner import run_rules
-from simulator.scenario.schema import Scenario
+from simulator.spec.schema import Scenario
 
 Endpoint = tuple[str, str, int]  # (transport, host, port)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.scenario.rules import RULES, RULES_BY_ID, Direction, Table, Transport, topological_order
+from simulator.spec.rules import RULES, RULES_BY_ID, Direction, Table, Transport, topological_order
 
 TABLES = Path(__file__).resolve().parent.parent / "data" / "port-tables.md"
 _TABLE_HEADINGS = {"Table 1": Table.EXTERNAL, "Table 2": Table.INTERNAL, "Table 3": Table.FEDERATION,

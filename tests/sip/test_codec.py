@@ -174,6 +174,15 @@ def _request(
         (_request("REGISTER sip:contoso.com SIP/2.0"), 400),  # CSeq method mismatch
         (_request(extra="CSeq: 2147483648 OPTIONS").replace(b"CSeq: 1 OPTIONS\r\n", b""), 400),
         (_request(extra="Max-Forwards: many"), 400),
+        # RFC 3261 §7.3.1, RFC 4475 §3.3.8: a single-value header appears once (compact forms count)
+        (_request(extra="Call-ID: def"), 400),
+        (_request(extra="i: abc"), 400),
+        (_request(extra="f: <sip:carol@contoso.com>;tag=2"), 400),
+        (_request(extra="To: <sip:bob@contoso.com>"), 400),
+        (_request(extra="CSeq: 1 OPTIONS"), 400),
+        (_request(extra="Max-Forwards: 70\r\nMax-Forwards: 70"), 400),
+        (_request(extra="X-Quoted: a\x00b"), 400),  # a NUL outside a quoted-pair
+        (_request(extra='X-Quoted: "a\x00b"'), 400),  # inside quotes but not escaped
         (_request(extra="Bad Header: x"), 400),
         (_request(extra="Subject: caf\xe9").replace("caf\xe9".encode(), b"caf\xe9"), 400),  # not UTF-8
         (_request().replace(b"Via: SIP/2.0/TLS", b"Via: SIP/3.0/TLS"), 400),
@@ -202,6 +211,8 @@ def test_bad_response_is_dropped_not_answered() -> None:
 @pytest.mark.parametrize(
     "text",
     [
+        "sip:a?b@example.com",  # RFC 3261 §25.1: '?' is user-unreserved
+        "sip:user;par=u%40example.net@example.com",  # RFC 4475 §3.1.1.9
         "sip:alice@contoso.com",
         "sips:alice:secret@contoso.com:5061;transport=tls;lr?Subject=hi&Priority=urgent",
         "sip:192.168.1.10:50123;transport=tls;ms-opaque=d3470f2e1d",
@@ -353,3 +364,37 @@ def test_empty_mandatory_values_are_400() -> None:
         with pytest.raises(MalformedMessage) as info:
             parse_message(data)
         assert info.value.status == 400, header
+
+
+def test_question_mark_and_semicolon_in_the_user_part() -> None:
+    uri = parse_uri("sip:a?b:p?w@example.com;lr?Subject=hi")
+    assert isinstance(uri, SipUri)
+    assert (uri.user, uri.password, uri.host, uri.params, uri.headers) == (
+        "a?b", "p?w", "example.com", (("lr", None),), (("Subject", "hi"),)
+    )
+    # an '@' in a header value after a userinfo is illegal (it must be %40) but stays a header value
+    uri = parse_uri("sip:bob@contoso.com?Replaces=abc@host")
+    assert isinstance(uri, SipUri)
+    assert (uri.user, uri.host, uri.headers) == ("bob", "contoso.com", (("Replaces", "abc@host"),))
+
+
+def test_repeated_list_headers_are_not_single_value_faults() -> None:
+    data = _request(extra="Via: SIP/2.0/TLS 10.0.0.2:5061;branch=z9hG4bK2\r\nContact: <sip:a@b>\r\nContact: <sip:c@d>")
+    message = parse_message(data)
+    assert len(message.vias) == 2 and len(message.contacts) == 2
+
+
+def test_a_response_with_a_repeated_single_value_header_is_dropped() -> None:
+    data = _request(extra="Call-ID: def").replace(b"OPTIONS sip:bob@contoso.com SIP/2.0", b"SIP/2.0 200 OK")
+    with pytest.raises(MalformedMessage) as info:
+        parse_message(data)
+    assert info.value.status is None  # RFC 3261 §18.1.2
+
+
+def test_a_quoted_nul_is_legal() -> None:
+    # RFC 3261 §25.1 quoted-pair = "\" (%x00-09 / %x0B-0C / %x0E-7F); RFC 4475 §3.1.1.2 quotes one
+    data = _request().replace(b"To: <sip:bob", b'To: "N\\\x00L" <sip:bob')
+    assert parse_message(data).to.display_name == "N\x00L"
+    # the quoted string may span a folded line (RFC 3261 §7.3.1)
+    folded = _request().replace(b"To: <sip:bob", b'To: "N\r\n \\\x00L" <sip:bob')
+    assert parse_message(folded).to.display_name == "N \x00L"

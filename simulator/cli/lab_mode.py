@@ -1,0 +1,325 @@
+"""Firewall lab mode: ``serve edge|internal|external``, ``probe --side`` and ``report merge``.
+
+Every command reads the scenario's ``deployment`` section for its addresses and one shared PKI folder
+(``edgesim certs``); before anything starts it checks that this host owns every address it must bind, and
+exits with one line otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import errno
+import json
+import signal
+import socket
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from simulator.cli.serve import run_until_stopped, wait_for_stop
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from simulator.lab.topology import Lab, Placement
+    from simulator.spec.schema import Scenario
+
+EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 3
+
+
+class LabModeError(Exception):
+    """One line for the user and the exit code it carries (2: usage/scenario, 3: environment)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _scenario(path: str) -> Scenario:
+    from simulator.spec.loader import load_scenario
+
+    scenario = load_scenario(path)
+    if scenario.deployment is None:
+        raise LabModeError(f"{path}: no 'deployment' section: firewall lab mode needs every part's real address "
+                           "(see scenarios/firewall-lab.yaml)", EXIT_USAGE)
+    return scenario
+
+
+def check_addresses_here(addresses: Iterable[tuple[str, str]]) -> None:
+    """Raise LabModeError (environment) naming the first address this host cannot bind."""
+    for address, what in addresses:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((address, 0))
+            except OSError as error:
+                if error.errno == errno.EADDRNOTAVAIL:
+                    raise LabModeError(f"{address} ({what}) is not an address of this host", EXIT_ENVIRONMENT) \
+                        from None
+                raise LabModeError(f"cannot bind {address} ({what}): {error.strerror}", EXIT_ENVIRONMENT) from None
+
+
+def _lab(scenario: Scenario, placement: Placement, pki_folder: str) -> Lab:
+    from simulator.lab.pki import PkiFolderError, read_pki
+    from simulator.lab.topology import Lab
+
+    try:
+        pki, files = read_pki(scenario, pki_folder)
+    except PkiFolderError as error:
+        raise LabModeError(str(error), EXIT_ENVIRONMENT) from None
+    return Lab(scenario, pki, placement=placement, pki_files=files)
+
+
+def side_addresses(scenario: Scenario, side: str, node: str | None) -> list[tuple[str, str]]:
+    """(address, what) that a side binds: an Edge node's interfaces, or the side's populations and servers."""
+    from simulator.spec.schema import INTERNAL_ROLES
+
+    deployment = scenario.deployment
+    assert deployment is not None
+    if side == "edge":
+        assert node is not None
+        placed = deployment.nodes[node]
+        return [(str(placed.internal), f"nodes.{node}.internal"),
+                *((str(getattr(placed, s).private), f"nodes.{node}.{s}.private") for s in ("access", "webconf", "av"))]
+    wanted = []
+    for client in scenario.clients:
+        if (client.role in INTERNAL_ROLES) == (side == "internal"):
+            placed_client = deployment.clients[client.name]
+            wanted += [(str(a), f"clients.{client.name}.addresses") for a in dict.fromkeys(placed_client.addresses)]
+            if client.nat is not None and placed_client.nat is not None:
+                wanted.append((str(placed_client.nat), f"clients.{client.name}.nat"))
+    if side == "external":
+        if deployment.dns.server is not None:
+            wanted.append((str(deployment.dns.server), "dns.server"))
+        wanted.append((str(deployment.crl), "crl"))
+    return wanted
+
+
+def _placement(side: str, node: str | None, *, serving: bool) -> Placement:
+    from simulator.lab.topology import Placement
+
+    if side == "edge":
+        return Placement(deployed=True, nodes=frozenset({node}) if serving and node else frozenset(),
+                         internal=False, external=False, client_nats=False)
+    return Placement(deployed=True, nodes=frozenset(), internal=serving and side == "internal",
+                     external=serving and side == "external", client_nats=not serving and side == "external")
+
+
+def _node_of(scenario: Scenario, node: str | None, required: bool) -> str | None:
+    names = [n.name for n in scenario.edge_pool.nodes]
+    if node is None:
+        if required:
+            raise LabModeError(f"--node is required (one of {', '.join(names)})", EXIT_USAGE)
+        return None
+    if node not in names:
+        raise LabModeError(f"no pool node {node!r} in scenario {scenario.name!r} (nodes: {', '.join(names)})",
+                           EXIT_USAGE)
+    return node
+
+
+# ------------------------------------------------------------------------------------------------ serve
+
+
+def add_lab_serve_parsers(serve: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for side, text in (("edge", "one pool node's Edge listeners on its deployment addresses"),
+                       ("internal", "the Front End/Director emulation and the internal peers"),
+                       ("external", "the partners' servers, media peers, XMPP partner, DNS and CRL servers")):
+        parser = serve.add_parser(side, help=f"firewall lab mode: {text}")
+        parser.add_argument("scenario", help="scenario file with a 'deployment' section")
+        parser.add_argument("--pki", required=True, metavar="DIR", help="the lab PKI written by `edgesim certs`")
+        if side == "edge":
+            parser.add_argument("--node", required=True, help="which pool node this host is")
+        parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+        parser.add_argument("--observations", metavar="FILE",
+                            help="write what reached this side (JSON) on exit, and at SIGUSR1")
+        parser.set_defaults(handler=_cmd_serve_side, side=side)
+
+
+def _cmd_serve_side(args: argparse.Namespace, console: Console) -> int:
+    return _guard(lambda: run_until_stopped(lambda: _serve_side(args)))
+
+
+async def _serve_side(args: argparse.Namespace) -> int:
+    scenario = _scenario(args.scenario)
+    node = _node_of(scenario, getattr(args, "node", None), args.side == "edge")
+    check_addresses_here(side_addresses(scenario, args.side, node))
+    lab = _lab(scenario, _placement(args.side, node, serving=True), args.pki)
+    started = dt.datetime.now(dt.UTC)
+
+    def dump() -> None:
+        if args.observations:
+            _write_json(args.observations, {
+                "edgesim_observations": 1, "scenario": scenario.name, "side": args.side, "node": node,
+                "started": started.isoformat(), "finished": dt.datetime.now(dt.UTC).isoformat(),
+                "arrivals": lab.arrivals()})
+
+    async with lab:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, dump)  # write what arrived so far, keep serving
+        try:
+            print(f"{args.side} ready" + (f" node={node}" if node else ""), flush=True)
+            await wait_for_stop(args.duration)
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)
+        dump()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ probe
+
+
+def add_probe_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("probe", help="firewall lab mode: run the probes that start on one side")
+    parser.add_argument("scenario", help="scenario file with a 'deployment' section")
+    parser.add_argument("--side", required=True, choices=("external", "internal", "edge"))
+    parser.add_argument("--node", help="with --side edge: which pool node this host is")
+    parser.add_argument("--pki", required=True, metavar="DIR", help="the lab PKI written by `edgesim certs`")
+    parser.add_argument("--out", required=True, metavar="FILE", help="where the side report (JSON) goes")
+    parser.add_argument("--rules", nargs="+", metavar="ID", help="only these rule ids")
+    parser.add_argument("--timeout", type=float, help="seconds per probe step (default: the scenario's)")
+    parser.add_argument("--load", action="store_true",
+                        help="--side external: after the probes, run the scenario's load phases through the "
+                        "firewall (events that stop nodes need the embedded lab and are skipped)")
+    parser.add_argument("--given", nargs="+", default=[], metavar="FILE",
+                        help="side reports already written (e.g. the internal side's): a rule whose prerequisite "
+                        "failed there is reported blocked instead of probed")
+    parser.set_defaults(handler=_cmd_probe)
+
+
+def _cmd_probe(args: argparse.Namespace, console: Console) -> int:
+    return _guard(lambda: run_until_stopped(lambda: _probe(args)))
+
+
+async def _probe(args: argparse.Namespace) -> int:
+    from simulator.scenario.runner import run_rules
+    from simulator.scenario.sides import ProbeSide, rules_for_side
+    from simulator.spec.rules import RULES_BY_ID
+
+    scenario = _scenario(args.scenario)
+    node = _node_of(scenario, args.node, args.side == "edge")
+    if args.timeout is not None and args.timeout <= 0:
+        raise LabModeError(f"--timeout must be above 0 (got {args.timeout})", EXIT_USAGE)
+    selected = scenario.selected_rules
+    if args.rules:
+        unknown = [rule for rule in args.rules if rule not in RULES_BY_ID]
+        if unknown:
+            raise LabModeError(f"unknown rule ids: {', '.join(unknown)}", EXIT_USAGE)
+        selected = [rule for rule in selected if rule in set(args.rules)]
+    side = ProbeSide(args.side)
+    rule_ids = rules_for_side(selected, side)
+    sources = side_addresses(scenario, "edge" if side is ProbeSide.EDGE else args.side, node)
+    check_addresses_here(sources)
+    given = _given_results(scenario, args.given)
+    lab = _lab(scenario, _placement(args.side, node, serving=False), args.pki)
+    nodes = [node] if node is not None else None
+    started = dt.datetime.now(dt.UTC)
+    if args.load and side is not ProbeSide.EXTERNAL:
+        raise LabModeError("--load runs from the external side (--side external)", EXIT_USAGE)
+    load: dict[str, Any] | None = None
+    async with lab:
+        results = await run_rules(lab, rule_ids, args.timeout, nodes=nodes, given=given)
+        if args.load and scenario.load:
+            from simulator.scenario.load import run_load
+
+            outcome = await run_load(lab, args.timeout, events=False)
+            load = outcome.to_dict([n.name for n in scenario.edge_pool.nodes], set())
+    finished = dt.datetime.now(dt.UTC)
+    _write_json(args.out, {
+        "edgesim_side_report": 1, "scenario": scenario.name, "side": args.side, "node": node,
+        "started": started.isoformat(), "finished": finished.isoformat(),
+        "rules": [_result_dict(result) for result in results], "load": load})
+    print(f"{args.side} side: {len(results)} rules probed, report {args.out}", flush=True)
+    return 0
+
+
+def _given_results(scenario: Scenario, files: list[str]) -> dict[str, Any]:
+    """The verdicts of side reports already written, merged as ``report merge`` would."""
+    if not files:
+        return {}
+    from simulator.report.merge import merge_side_reports
+
+    documents = []
+    for name in files:
+        try:
+            documents.append(json.loads(Path(name).read_text(encoding="utf-8")))
+        except OSError as error:
+            raise LabModeError(f"{name}: {error.strerror}", EXIT_ENVIRONMENT) from None
+        except json.JSONDecodeError as error:
+            raise LabModeError(f"{name}: not JSON ({error.msg} at line {error.lineno})", EXIT_USAGE) from None
+    try:
+        report = merge_side_reports(scenario, documents)
+    except ValueError as error:
+        raise LabModeError(str(error), EXIT_USAGE) from None
+    probed = {entry["id"] for document in documents for entry in document.get("rules", [])}
+    return {entry.result.rule.id: entry.result for entry in report.rules if entry.result.rule.id in probed}
+
+
+def _result_dict(result: Any) -> dict[str, Any]:
+    return {"id": result.rule.id, "verdict": str(result.verdict), "reason": result.reason,
+            "blocked_by": result.blocked_by, "detail": result.detail, "elapsed_ms": round(result.elapsed_ms, 3),
+            "nodes": [{"node": o.node, "verdict": str(o.verdict), "reason": None if o.reason is None else str(o.reason),
+                       "detail": o.detail, "elapsed_ms": round(o.elapsed_ms, 3)} for o in result.outcomes]}
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def add_report_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    report = commands.add_parser("report", help="work with reports")
+    actions = report.add_subparsers(dest="action", required=True)
+    merge = actions.add_parser("merge", help="merge side reports (and observations) into one verdict table")
+    merge.add_argument("files", nargs="+", metavar="FILE", help="side reports and observation files")
+    merge.add_argument("--scenario", required=True, help="the scenario the sides ran")
+    merge.add_argument("--out", default="reports/merged", metavar="DIR", help="where report.json is written")
+    merge.set_defaults(handler=_cmd_merge)
+
+
+def _cmd_merge(args: argparse.Namespace, console: Console) -> int:
+    return _guard(lambda: _merge(args, console))
+
+
+def _merge(args: argparse.Namespace, console: Console) -> int:
+    from simulator.report.merge import merge_side_reports
+    from simulator.report.render import render_table, write_json
+
+    scenario = _scenario(args.scenario)
+    documents = []
+    for name in args.files:
+        try:
+            documents.append(json.loads(Path(name).read_text(encoding="utf-8")))
+        except OSError as error:
+            raise LabModeError(f"{name}: {error.strerror}", EXIT_ENVIRONMENT) from None
+        except json.JSONDecodeError as error:
+            raise LabModeError(f"{name}: not JSON ({error.msg} at line {error.lineno})", EXIT_USAGE) from None
+    try:
+        report = merge_side_reports(scenario, documents)
+    except ValueError as error:
+        raise LabModeError(str(error), EXIT_USAGE) from None
+    render_table(report, console)
+    path = write_json(report, args.out)
+    console.print(f"report: {path}")
+    return 0 if report.all_match else 1
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _write_json(path: str, document: dict[str, Any]) -> None:
+    try:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    except OSError as error:
+        raise LabModeError(f"{path}: {error.strerror}", EXIT_ENVIRONMENT) from None
+
+
+def _guard(run: Any) -> int:
+    try:
+        code: int = run()
+    except LabModeError as error:
+        print(f"edgesim: {error}", file=sys.stderr)
+        return error.code
+    return code

@@ -1,0 +1,341 @@
+"""Scenario file schema (pydantic): the Edge pool, its NAT and DNS, the clients, what to replay and expect.
+
+A scenario describes *logical* topology. Where each simulated host lives (its own 127.x.y.z address in the
+embedded lab) is derived by :mod:`simulator.lab.addressing`; the documentary addresses a scenario may carry
+(``private``/``public`` of a node's external services) are reported, not bound.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from ipaddress import IPv4Address
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from simulator.outcome import Verdict
+from simulator.spec.deployment import Deployment
+from simulator.spec.rules import RULES_BY_ID
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+
+
+def _check_fqdn(value: str) -> str:
+    value = value.lower().rstrip(".")
+    if not _HOSTNAME.match(value) or "." not in value:
+        raise ValueError(f"{value!r} is not a fully qualified domain name")
+    return value
+
+
+Fqdn = Annotated[str, AfterValidator(_check_fqdn), Field(description="fully qualified domain name")]
+Name = Annotated[str, Field(pattern=_NAME.pattern, description="short lowercase name: a-z, 0-9, '-'")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NatBehaviour(StrEnum):
+    """RFC 4787 §4.1 mapping / §5 filtering behaviours."""
+
+    ENDPOINT_INDEPENDENT = "endpoint-independent"
+    ADDRESS_DEPENDENT = "address-dependent"
+    ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
+
+
+class ClientNat(_Model):
+    """A NAT in front of a client population (RFC 4787 knobs)."""
+
+    mapping: NatBehaviour = NatBehaviour.ENDPOINT_INDEPENDENT
+    filtering: NatBehaviour = NatBehaviour.ADDRESS_AND_PORT_DEPENDENT
+    binding_timeout: float = Field(120.0, gt=0, description="seconds; RFC 4787 REQ-5 says at least 120")
+    port_preservation: bool = False
+    hairpin: bool = False
+
+
+class PoolNat(_Model):
+    """The Edge pool's static 1:1 NAT between each node's external private and public addresses."""
+
+    type: Literal["static-1to1"] = "static-1to1"
+    hairpin: bool = True
+    snat_inbound: bool = Field(False, description="misconfiguration: rewrite inbound sources (A/V breaks)")
+
+
+class ServiceAddresses(_Model):
+    """Documentary addresses of one external service of a node in the real deployment (optional)."""
+
+    private: IPv4Address | None = None
+    public: IPv4Address | None = None
+
+
+class EdgeNode(_Model):
+    name: Name
+    internal_fqdn: Fqdn | None = None
+    access: ServiceAddresses = ServiceAddresses()
+    webconf: ServiceAddresses = ServiceAddresses()
+    av: ServiceAddresses = ServiceAddresses()
+
+
+
+class PortSpan(_Model):
+    first: int = Field(ge=1024, le=65535)
+    last: int = Field(ge=1024, le=65535)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PortSpan:
+        if self.first > self.last:
+            raise ValueError(f"first ({self.first}) is above last ({self.last})")
+        return self
+
+    @property
+    def size(self) -> int:
+        return self.last - self.first + 1
+
+
+class EdgePool(_Model):
+    """A scaled consolidated Edge pool: N nodes behind DNS load balancing."""
+
+    internal_fqdn: Fqdn
+    access_fqdn: Fqdn
+    webconf_fqdn: Fqdn
+    av_fqdn: Fqdn
+    nodes: list[EdgeNode] = Field(min_length=1, max_length=20)
+    nat: PoolNat = PoolNat()
+    relay_ports: PortSpan = PortSpan(first=50000, last=59999)
+
+
+    @field_validator("nodes")
+    @classmethod
+    def _unique_nodes(cls, nodes: list[EdgeNode]) -> list[EdgeNode]:
+        names = [node.name for node in nodes]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate node names: {', '.join(duplicates)}")
+        return nodes
+
+
+class DnsPolicy(StrEnum):
+    """How a client picks among the A records of a DNS-load-balanced name (research-lync-edge §2)."""
+
+    LYNC = "lync"  # all records, shuffled, fail over, 10-minute penalty (UCMA)
+    LEGACY = "legacy"  # one record, no failover (OCS 2007/R2 federation, PIC)
+
+
+class ClientRole(StrEnum):
+    REMOTE_USER = "remote-user"
+    FEDERATED_PARTNER = "federated-partner"
+    PIC_PARTNER = "pic-partner"
+    XMPP_PARTNER = "xmpp-partner"
+    FRONT_END = "front-end"
+    DIRECTOR = "director"
+    INTERNAL_USER = "internal-user"
+
+
+INTERNAL_ROLES = frozenset({ClientRole.FRONT_END, ClientRole.DIRECTOR, ClientRole.INTERNAL_USER})
+SERVER_ROLES = frozenset({ClientRole.FRONT_END, ClientRole.DIRECTOR, ClientRole.FEDERATED_PARTNER,
+                          ClientRole.PIC_PARTNER, ClientRole.XMPP_PARTNER})
+
+
+class CertificateVariant(StrEnum):
+    """Which certificate a peer presents: the valid one or a negative variant of the lab PKI."""
+
+    VALID = "valid"
+    WRONG_SAN = "wrong-san"
+    EXPIRED = "expired"
+    UNTRUSTED = "untrusted"
+    REVOKED = "revoked"
+
+
+class Client(_Model):
+    """A population of simulated peers of one role."""
+
+    name: Name
+    role: ClientRole
+    count: int = Field(1, ge=1, le=10000)
+    fqdn: Fqdn | None = Field(None, description="server-like peers: the name in their certificate")
+    domain: Fqdn | None = Field(None, description="partners: their SIP/XMPP domain")
+    nat: ClientNat | None = None
+    dns_policy: DnsPolicy | None = None
+    certificate: CertificateVariant = CertificateVariant.VALID
+
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Client:
+        if self.nat is not None and self.role in INTERNAL_ROLES:
+            raise ValueError(f"role {self.role} is internal: it sits behind no client NAT")
+        if self.role in SERVER_ROLES and self.fqdn is None:
+            raise ValueError(f"role {self.role} needs 'fqdn' (the name in its certificate)")
+        return self
+
+    @property
+    def effective_dns_policy(self) -> DnsPolicy:
+        if self.dns_policy is not None:
+            return self.dns_policy
+        return DnsPolicy.LEGACY if self.role is ClientRole.PIC_PARTNER else DnsPolicy.LYNC
+
+
+class DnsRecord(_Model):
+    name: Fqdn
+    type: Literal["A", "SRV", "CNAME"]
+    value: str | None = None
+    priority: int = Field(0, ge=0, le=65535)
+    weight: int = Field(0, ge=0, le=65535)
+    port: int | None = Field(None, ge=1, le=65535)
+    target: Fqdn | None = None
+
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> DnsRecord:
+        if self.type == "SRV" and (self.port is None or self.target is None):
+            raise ValueError("an SRV record needs 'port' and 'target'")
+        if self.type == "A":
+            try:
+                IPv4Address(self.value or "")
+            except ValueError:
+                raise ValueError("an A record needs an IPv4 address in 'value'") from None
+        if self.type == "CNAME" and not self.value:
+            raise ValueError("a CNAME record needs the target name in 'value'")
+        return self
+
+
+class DnsSpec(_Model):
+    """The lab's DNS: pool A records are derived from the pool; extra records are served as given."""
+
+    shuffle: bool = True
+    extra_records: list[DnsRecord] = []
+
+
+class LoadPhase(_Model):
+    """A load phase (filled in by the load issues): who, how fast, how long — always bounded."""
+
+    name: Name
+    clients: Name
+    rate: float = Field(gt=0, le=100000, description="new sessions per second (open loop)")
+    duration: float = Field(gt=0, le=3600, description="seconds")
+    max_sessions: int = Field(1000, ge=1, le=1_000_000)
+
+
+class StopNode(_Model):
+    """A scenario step that stops a pool node (or one service on it) mid-run."""
+
+    at: float = Field(ge=0, description="seconds after the load starts")
+    stop_node: Name
+    service: Literal["all", "access", "webconf", "av", "internal"] = "all"
+
+
+class LoadExpectation(_Model):
+    """What the load phases must show for ``edgesim run`` to exit 0 (all optional)."""
+
+    spread_tolerance: float | None = Field(None, gt=0, lt=1, description="each node's share of signed-in users "
+                                           "within 1/N ± this (DNS load balancing)")
+    failover: Literal["complete"] | None = Field(None, description="complete: every lync user on a stopped node "
+                                                 "re-homed to another node, every legacy one reported lost")
+
+
+class LabSpec(_Model):
+    """How the embedded lab lays out addresses and ports (simulator.lab.addressing)."""
+
+    loopback_prefix: str = Field("127.77", pattern=r"^127\.(\d{1,3})$",
+                                 description="the /16 inside 127.0.0.0/8 every lab host is placed in")
+    privileged_port_offset: int = Field(40000, ge=1024, le=60000,
+                                        description="added to ports < 1024 when the process may not bind them")
+    probe_timeout: float = Field(3.0, gt=0, le=60)
+
+    @field_validator("loopback_prefix")
+    @classmethod
+    def _not_loopback_default(cls, value: str) -> str:
+        second = int(value.split(".")[1])
+        if second == 0 or second > 255:
+            raise ValueError("use a prefix other than 127.0 (never 127.0.0.1) and at most 127.255")
+        return value
+
+
+RuleId = Annotated[str, Field(description="a rule id of port-tables.md, e.g. E6")]
+_EXPECT = re.compile(r"^(pass|fail|blocked|unimplemented)(:[a-z0-9-]+)?$")
+
+
+def _check_deployment(deployment: Deployment, node_names: set[str], client_names: set[str]) -> None:
+    """Every pool node and client population is placed, and nothing the scenario does not have."""
+    problems = []
+    for what, placed, known in (("node", set(deployment.nodes), node_names),
+                                ("client population", set(deployment.clients), client_names)):
+        if missing := sorted(known - placed):
+            problems.append(f"deployment: no addresses for {what}s {', '.join(missing)}")
+        if unknown := sorted(placed - known):
+            problems.append(f"deployment: the scenario has no {what} named {', '.join(unknown)}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+class Scenario(_Model):
+    """A whole scenario file."""
+
+    schema_version: Literal[1] = 1
+    name: str = Field(min_length=1)
+    description: str = ""
+    seed: int = 1
+    domain: Fqdn
+    internal_domain: Fqdn
+    lab: LabSpec = LabSpec()
+    edge_pool: EdgePool
+    dns: DnsSpec = DnsSpec()
+    clients: list[Client] = []
+    rules: Literal["all"] | list[RuleId] = "all"
+    expect: dict[str, str] = Field(default_factory=dict, description="rule id or 'default' → verdict[:reason]")
+    load: list[LoadPhase] = []
+    events: list[StopNode] = []
+    expect_load: LoadExpectation = LoadExpectation()
+    deployment: Deployment | None = Field(None, description="real addresses for firewall lab mode (absent: "
+                                          "the embedded loopback lab)")
+
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, rules: Literal["all"] | list[str]) -> Literal["all"] | list[str]:
+        if rules == "all":
+            return rules
+        unknown = [rule for rule in rules if rule not in RULES_BY_ID]
+        if unknown:
+            raise ValueError(f"unknown rule ids: {', '.join(unknown)} (see `edgesim rules`)")
+        return rules
+
+    @field_validator("expect")
+    @classmethod
+    def _known_expectations(cls, expect: dict[str, str]) -> dict[str, str]:
+        for key, value in expect.items():
+            if key != "default" and key not in RULES_BY_ID:
+                raise ValueError(f"unknown rule id {key!r} (see `edgesim rules`)")
+            if not _EXPECT.match(value):
+                raise ValueError(f"{key}: {value!r} is not pass, fail[:reason], blocked[:rule] or unimplemented")
+        return expect
+
+    @model_validator(mode="after")
+    def _references(self) -> Scenario:
+        names = [client.name for client in self.clients]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate client names: {', '.join(duplicates)}")
+        for phase in self.load:
+            if phase.clients not in names:
+                raise ValueError(f"load phase {phase.name!r}: no client named {phase.clients!r}")
+        node_names = {node.name for node in self.edge_pool.nodes}
+        for event in self.events:
+            if event.stop_node not in node_names:
+                raise ValueError(f"event at {event.at}s: no pool node named {event.stop_node!r}")
+        if self.deployment is not None:
+            _check_deployment(self.deployment, node_names, set(names))
+        return self
+
+    @property
+    def selected_rules(self) -> list[str]:
+        return list(RULES_BY_ID) if self.rules == "all" else list(self.rules)
+
+    def expected(self, rule_id: str) -> tuple[Verdict, str | None]:
+        """The expected verdict of a rule and, optionally, its reason (``fail:refused``) or blocker."""
+        text = self.expect.get(rule_id, self.expect.get("default", "pass"))
+        verdict, _, detail = text.partition(":")
+        return Verdict(verdict), (detail or None)
+
+    def clients_with_role(self, role: ClientRole) -> list[Client]:
+        return [client for client in self.clients if client.role is role]
