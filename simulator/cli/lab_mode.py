@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from simulator.lab.topology import Lab, Placement
+    from simulator.report.model import Report
     from simulator.spec.schema import Scenario
 
 EXIT_USAGE = 2
@@ -239,20 +240,8 @@ def _given_results(scenario: Scenario, files: list[str]) -> dict[str, Any]:
     """The verdicts of side reports already written, merged as ``report merge`` would."""
     if not files:
         return {}
-    from simulator.report.merge import merge_side_reports
-
-    documents = []
-    for name in files:
-        try:
-            documents.append(json.loads(Path(name).read_text(encoding="utf-8")))
-        except OSError as error:
-            raise LabModeError(f"{name}: {error.strerror}", EXIT_ENVIRONMENT) from None
-        except json.JSONDecodeError as error:
-            raise LabModeError(f"{name}: not JSON ({error.msg} at line {error.lineno})", EXIT_USAGE) from None
-    try:
-        report = merge_side_reports(scenario, documents)
-    except ValueError as error:
-        raise LabModeError(str(error), EXIT_USAGE) from None
+    documents = _read_documents(files)
+    report = _merged(scenario, documents)
     probed = {entry["id"] for document in documents for entry in document.get("rules", [])}
     return {entry.result.rule.id: entry.result for entry in report.rules if entry.result.rule.id in probed}
 
@@ -282,22 +271,10 @@ def _cmd_merge(args: argparse.Namespace, console: Console) -> int:
 
 
 def _merge(args: argparse.Namespace, console: Console) -> int:
-    from simulator.report.merge import merge_side_reports
     from simulator.report.render import render_table, write_json
 
     scenario = _scenario(args.scenario)
-    documents = []
-    for name in args.files:
-        try:
-            documents.append(json.loads(Path(name).read_text(encoding="utf-8")))
-        except OSError as error:
-            raise LabModeError(f"{name}: {error.strerror}", EXIT_ENVIRONMENT) from None
-        except json.JSONDecodeError as error:
-            raise LabModeError(f"{name}: not JSON ({error.msg} at line {error.lineno})", EXIT_USAGE) from None
-    try:
-        report = merge_side_reports(scenario, documents)
-    except ValueError as error:
-        raise LabModeError(str(error), EXIT_USAGE) from None
+    report = _merged(scenario, _read_documents(args.files))
     render_table(report, console)
     path = write_json(report, args.out)
     console.print(f"report: {path}")
@@ -305,6 +282,27 @@ def _merge(args: argparse.Namespace, console: Console) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _read_documents(files: list[str]) -> list[dict[str, Any]]:
+    documents = []
+    for name in files:
+        try:
+            documents.append(json.loads(Path(name).read_text(encoding="utf-8")))
+        except OSError as error:
+            raise LabModeError(f"{name}: {error.strerror}", EXIT_ENVIRONMENT) from None
+        except json.JSONDecodeError as error:
+            raise LabModeError(f"{name}: not JSON ({error.msg} at line {error.lineno})", EXIT_USAGE) from None
+    return documents
+
+
+def _merged(scenario: Scenario, documents: list[dict[str, Any]]) -> Report:
+    from simulator.report.merge import merge_side_reports
+
+    try:
+        return merge_side_reports(scenario, documents)
+    except ValueError as error:
+        raise LabModeError(str(error), EXIT_USAGE) from None
 
 
 def _write_json(path: str, document: dict[str, Any]) -> None:
