@@ -5,7 +5,7 @@ Expected values come from the RFC's words, cited on each assertion. Mutations th
 response with the proxy's own Via left on top (§16.7 step 3), forwarding 100 Trying (§16.7 step 5), passing an
 upstream ACK for an error response on instead of letting the server transaction absorb it (§17.2.1), a Timer C
 that never fires or fires without the 408 (§16.8), a transport error without 503 (§16.9), a peer loss that
-fails requests sent to other peers, a heap that keeps every finished transaction's timers.
+fails requests sent to other peers, timer queues that keep every finished transaction.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def test_answering_a_request_and_a_gone_transaction() -> None:
                                make_response(inbound.request, 500), 0.3)
 
 
-def test_finished_transactions_leave_a_bounded_timer_heap() -> None:
+def test_finished_transactions_leave_no_timer_behind() -> None:
     element = _element()
     for i in range(20_000):
         request = _request(branch=f"z9hG4bK{i}")
@@ -221,6 +221,26 @@ def test_finished_transactions_leave_a_bounded_timer_heap() -> None:
         element.messages_to_send()
         _events(element)
     assert len(element) == 0 and len(element.layer) == 0
-    # every forward armed Timer F and a response deadline; nothing is live, so the heaps were rebuilt
-    assert len(element._deadlines) <= 2 * 4096 and len(element.layer._heap) <= 2 * 4096
+    # every forward armed Timer F and Timer C; a transaction that ends leaves the timer queues at once
+    assert element.layer.timer_entries == 0
     assert element.get_timer() is None
+
+
+def test_a_request_sent_without_context_reports_nothing() -> None:
+    # A caller that passes no context waits on nothing: the final response (or the 408 the element generates) is
+    # still relayed upstream, but no Answered/TimedOut comes out for nobody to read.
+    element = _element(timeout=5.0)
+    request = _request()
+    inbound = _incoming(element, request)
+    forwarded = _forwarded(request)
+    element.forward(inbound.key, forwarded, DOWN, 0.0, None)
+    element.messages_to_send()
+    element.receive(make_response(forwarded, 200, to_tag="b1"), DOWN, 0.1)
+    assert _sent(element) == [(UP, "200")] and _events(element) == []
+    second = _incoming(element, _request(branch="z9hG4bKclient2"))
+    element.forward(second.key, _forwarded(second.request, "SIP/2.0/TLS 10.0.0.9:5061;branch=z9hG4bKproxy2"),
+                    DOWN, 1.0, None)
+    element.messages_to_send()
+    element.handle_timer(6.0)
+    assert _sent(element) == [(UP, "408")] and _events(element) == []  # §16.8
+    assert element.timeouts == 1 and len(element) == 0

@@ -7,6 +7,7 @@ import pytest
 from simulator.core.sip_transaction import (
     INITIAL,
     TRANSITIONS,
+    CompiledTable,
     Input,
     Kind,
     RequestReceived,
@@ -15,6 +16,7 @@ from simulator.core.sip_transaction import (
     StrayAck,
     StrayResponse,
     Timer,
+    TimerSettings,
     Transaction,
     TransactionError,
     TransactionEvent,
@@ -22,6 +24,7 @@ from simulator.core.sip_transaction import (
     TransactionTerminated,
     TransactionTimedOut,
     TransportFailed,
+    compile_table,
 )
 from simulator.wire.sip import SipRequest, SipResponse, make_request, make_response, parse_message
 
@@ -354,8 +357,6 @@ def test_standalone_transaction_api() -> None:
 def test_the_merged_reliable_rows_behave_as_the_table(kind: Kind) -> None:
     # Kills a merge that drops or reorders an effect (the ACK of an INVITE error, a response) or lands in the wrong
     # state: the same inputs through the compiled reliable table and through the plain one give the same outputs.
-    from simulator.core import sip_transaction
-
     method = "INVITE" if kind in (Kind.CLIENT_INVITE, Kind.SERVER_INVITE) else "MESSAGE"
     request = _request(method, "TLS")
     inputs = {
@@ -365,10 +366,10 @@ def test_the_merged_reliable_rows_behave_as_the_table(kind: Kind) -> None:
         Kind.SERVER_NON_INVITE: ["send:183", "send:200"],
     }[kind]
 
-    def run(rows: object) -> list[object]:
+    def run(table: CompiledTable) -> list[object]:
         start = Transaction.client if kind in (Kind.CLIENT_INVITE, Kind.CLIENT_NON_INVITE) else Transaction.server
         txn = start(request, 0.0, peer=PEER, reliable=True)
-        txn._rows = rows  # type: ignore[assignment]
+        txn._rows = table.states[(kind, txn.state)]  # the initial rows are the same in both
         trace: list[object] = []
         for i, inp in enumerate(inputs, 1):
             if isinstance(inp, SipResponse):
@@ -388,4 +389,66 @@ def test_the_merged_reliable_rows_behave_as_the_table(kind: Kind) -> None:
             trace.append((txn.state, sent, events, txn.get_timer()))
         return trace
 
-    assert run(sip_transaction._RELIABLE_ROWS) == run(sip_transaction._ROWS)
+    settings = TimerSettings()
+    assert run(compile_table(settings, True)) == run(compile_table(settings, True, merge=False))
+
+
+def test_timer_c_is_the_tus_and_outlives_a_provisional_response() -> None:
+    # RFC 3261 §16.6 step 11: the TU starts Timer C with the client transaction; a 1xx does not stop it (Table 4
+    # C is not one of the timers Proceeding cancels), and when it fires the transaction ends with a timeout report.
+    layer = TransactionLayer()
+    request = _request("MESSAGE", "TLS")
+    txn = layer.send_request(request, 0.0, PEER, timer_c=3.0)
+    assert txn.timer_deadline(Timer.C) == 3.0 and txn.timer_deadline(Timer.F) == 32.0
+    assert layer.get_timer() == 3.0
+    layer.receive(make_response(request, 180), 1.0, PEER)
+    assert _state(txn) is State.PROCEEDING and txn.timer_deadline(Timer.C) == 3.0
+    assert _run_timers(layer, 100) == [3.0]
+    assert _events(layer)[-2:] == [TransactionTimedOut(txn.key, Timer.C), TransactionTerminated(txn.key)]
+    assert len(layer) == 0 and layer.get_timer() is None
+
+
+def test_a_final_response_stops_timer_c() -> None:
+    layer = TransactionLayer()
+    request = _request("MESSAGE", "TLS")
+    layer.send_request(request, 0.0, PEER, timer_c=3.0)
+    layer.receive(make_response(request, 200), 1.0, PEER)
+    assert layer.get_timer() is None and layer.timer_entries == 0  # gone from the timer queues at once
+
+
+def test_deadlines_out_of_order_still_fire_in_order() -> None:
+    # Kills a timer structure that only appends per timer (sorted by construction while intervals and clock agree):
+    # a shorter Timer C after a longer one, and a clock that went back, must still come out earliest first.
+    layer = TransactionLayer()
+    first = layer.send_request(_request("MESSAGE", "TLS", branch="z9hG4bKa"), 10.0, PEER, timer_c=20.0)
+    second = layer.send_request(_request("MESSAGE", "TLS", branch="z9hG4bKb"), 10.0, PEER, timer_c=5.0)
+    third = layer.send_request(_request("MESSAGE", "TLS", branch="z9hG4bKc"), 8.0, PEER, timer_c=5.0)
+    assert layer.get_timer() == 13.0
+    assert _run_timers(layer, 100) == [13.0, 15.0, 30.0]
+    timed_out = [e.key for e in _events(layer) if isinstance(e, TransactionTimedOut)]
+    assert timed_out == [third.key, second.key, first.key]
+
+
+def test_timers_started_moves_only_for_an_earlier_deadline() -> None:
+    # The shell's contract (ElementTimer): while the counter does not move, a handle armed at or before the last
+    # get_timer() is early enough. Kills a counter that never moves (a new earliest deadline would be missed) and one
+    # that moves for every timer (a look at get_timer() per message).
+    layer = TransactionLayer()
+    layer.send_request(_request("MESSAGE", "TLS", branch="z9hG4bKa"), 0.0, PEER, timer_c=10.0)
+    assert layer.get_timer() == 10.0
+    seen = layer.timers_started
+    layer.send_request(_request("MESSAGE", "TLS", branch="z9hG4bKb"), 1.0, PEER, timer_c=10.0)  # at 11: later
+    assert layer.timers_started == seen
+    layer.send_request(_request("MESSAGE", "TLS", branch="z9hG4bKc"), 1.0, PEER, timer_c=2.0)  # at 3: earlier
+    assert layer.timers_started != seen and layer.get_timer() == 3.0
+
+
+def test_a_non_invite_client_transaction_over_tls_lets_go_of_its_request() -> None:
+    # §17.1.2.2: over a reliable transport Timer E is not started, so the request is never sent again; over UDP it
+    # is (E), and an INVITE keeps it for the ACK of an error (§17.1.1.3). Kills a release on either of those.
+    layer = TransactionLayer()
+    tls = layer.send_request(_request("MESSAGE", "TLS", branch="z9hG4bKt"), 0.0, PEER)
+    udp = layer.send_request(_request("MESSAGE", "UDP", branch="z9hG4bKu"), 0.0, PEER)
+    invite = layer.send_request(_request("INVITE", "TLS", branch="z9hG4bKi"), 0.0, PEER)
+    assert _sent(layer) == ["MESSAGE", "MESSAGE", "INVITE"]
+    assert tls.request is None and udp.request is not None and invite.request is not None

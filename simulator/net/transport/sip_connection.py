@@ -40,6 +40,7 @@ from simulator.wire.sip import (
 )
 
 _SALVAGED = ("via", "from", "to", "call-id", "cseq")
+_MESSAGES = (SipRequest, SipResponse)
 _connection_ids = itertools.count(1)
 
 
@@ -92,10 +93,11 @@ class SipConnection:
         self.keepalives = 0
         self.authenticated: set[str] = set()  # AORs a registrar accepted on this flow (Access Edge)
         self._framer = SipStreamFramer()
-        self._raw = bytearray()
+        self._raw = bytearray()  # what was read and not yet framed, kept to answer a malformed request from
         # Writes made in one turn of the event loop leave together (one TLS record, one send) in the next.
         self._outgoing: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the first write ran in (one per connection)
 
     async def send(self, message: SipMessage) -> None:
         await self.send_bytes(message.encode())
@@ -113,17 +115,26 @@ class SipConnection:
             raise ConnectionResetError(f"connection {self.id} to {self.peer} is closed")
         self._outgoing.append(data)
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_soon(self._flush_now)
 
-    async def drain(self) -> None:
-        """Wait while the stream is paused; raises (as the stream's ``drain`` does) when the connection is lost."""
-        await self.stream.drain()
+    def drain(self) -> Awaitable[None]:
+        """Wait while the stream is paused; raises (as the stream's ``drain`` does) when the connection is lost.
+
+        The stream's own awaitable: one coroutine less per message than an ``async def`` around it.
+        """
+        return self.stream.drain()
 
     def flush(self) -> None:
         """Write what ``send_bytes`` queued now (also done by ``close`` and by the scheduled callback)."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
-            self._flush_handle = None
+        self._flush_now()
+
+    def _flush_now(self) -> None:
+        self._flush_handle = None
         if not self._outgoing:
             return
         outgoing = self._outgoing
@@ -142,6 +153,7 @@ class SipConnection:
     async def messages(self) -> AsyncGenerator[SipMessage, None]:
         """Messages until the peer closes; keepalives and malformed requests are handled here."""
         framer = self._framer
+        raw = self._raw
         while not self.closed:
             try:
                 data = await self.stream.read(READ_SIZE)
@@ -151,15 +163,17 @@ class SipConnection:
             if not data:
                 return
             framer.feed(data)
-            self._raw += data
+            raw += data
+            start = 0  # where in ``raw`` the next event's bytes begin
             while True:
                 try:
                     event = framer.next_event()
                 except MalformedMessage as error:
                     self.malformed += 1
-                    raw = self._take()
+                    end = max(start, len(raw) - framer.buffered)
+                    bad, start = bytes(raw[start:end]), end
                     if error.status is not None:
-                        answer = salvage_error_response(raw, error.status)
+                        answer = salvage_error_response(bad, error.status)
                         if answer is not None:
                             with contextlib.suppress(OSError, ssl.SSLError):
                                 await self.send_bytes(answer)
@@ -168,21 +182,14 @@ class SipConnection:
                     continue
                 if event is None:
                     break
-                self._take(keep=False)
-                if isinstance(event, KeepalivePing):
+                start = len(raw) - framer.buffered
+                if isinstance(event, _MESSAGES):
+                    yield event
+                elif isinstance(event, KeepalivePing):
                     self.keepalives += 1
                     with contextlib.suppress(OSError, ssl.SSLError):
                         await self.send_bytes(KEEPALIVE_PONG)  # RFC 5626 §3.5.1
-                    continue
-                if isinstance(event, SipRequest | SipResponse):
-                    yield event
-
-    def _take(self, keep: bool = True) -> bytes:
-        """The raw bytes of the event the framer just produced (what it consumed since the last one)."""
-        consumed = max(0, len(self._raw) - self._framer.buffered)
-        data = bytes(self._raw[:consumed]) if keep else b""
-        del self._raw[:consumed]
-        return data
+            del raw[:start]  # once per read, not per message
 
 
 ConnectionHandler = Callable[[SipConnection], Awaitable[None]]

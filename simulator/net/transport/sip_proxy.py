@@ -36,22 +36,24 @@ from simulator.core.sip_element import Answered, SipElement
 from simulator.core.sip_transaction import RequestReceived, StrayAck, TransactionKey
 from simulator.net.transport.sip_connection import SipConnection, format_diagnostic, open_sip_tls
 from simulator.net.transport.tls import classify_tls_error
-from simulator.wire.sip import SipMessage, SipRequest, SipResponse, new_branch
+from simulator.wire.sip import Headers, SipMessage, SipRequest, SipResponse, header_key, new_branch
 
 MessageHandler = Callable[[SipConnection, SipMessage], Awaitable[None]]
 FinalCallback = Callable[[SipResponse], None]
 Inbound: TypeAlias = RequestReceived[SipConnection] | StrayAck[SipConnection]
 """A request for the owner to route: a new server transaction, or an ACK for a 2xx."""
+_INBOUND = (RequestReceived, StrayAck)
 
 
 class ElementTimer:
     """One ``loop.call_at`` handle for one sans-I/O core: kept at or before the core's earliest deadline.
 
     :meth:`arm` after every call into the core. It looks at ``get_timer()`` only when ``timers_started()`` moved
-    (a deadline that went away or moved later only makes the handle fire early), and re-arms only when the
-    deadline moved earlier, so a message costs one counter comparison. When the handle fires, ``fire(now)`` runs
-    (``now`` never before the deadline it was armed for: the loop may wake a little early) and the handle is armed
-    again at the core's next deadline.
+    (the core moves it when a deadline earlier than the last ``get_timer()`` appears; one that went away or moved
+    later only makes the handle fire early), and re-arms only when the deadline moved earlier, so a message costs
+    one counter comparison (:meth:`arm_if_moved` makes it without a call, for a shell that reads the counter
+    itself). When the handle fires, ``fire(now)`` runs (``now`` never before the deadline it was armed for: the loop
+    may wake a little early) and the handle is armed again at the core's next deadline.
     """
 
     def __init__(self, get_timer: Callable[[], float | None], timers_started: Callable[[], int],
@@ -61,13 +63,17 @@ class ElementTimer:
         self._fire = fire
         self._handle: asyncio.TimerHandle | None = None
         self._at = 0.0
-        self._seen = -1
+        self.seen = -1  # the value of timers_started() at the last look
 
     def arm(self) -> None:
         started = self._timers_started()
-        if started == self._seen:
+        if started != self.seen:
+            self.arm_if_moved(started)
+
+    def arm_if_moved(self, started: int) -> None:
+        if started == self.seen:
             return
-        self._seen = started
+        self.seen = started
         deadline = self._get_timer()
         if deadline is None or (self._handle is not None and self._at <= deadline):
             return  # idle, or armed early enough: firing re-arms
@@ -84,7 +90,7 @@ class ElementTimer:
     def _expired(self) -> None:
         self._handle = None
         self._fire(max(asyncio.get_running_loop().time(), self._at))
-        self._seen = -1
+        self.seen = -1
         self.arm()
 
 
@@ -101,7 +107,15 @@ class SipProxy:
         self.core: SipElement[SipConnection, FinalCallback | None] = SipElement(
             rng, response_timeout=response_timeout, auto_trying=auto_trying,
             response_headers=[("Server", server_header)] if server_header else [])
+        self._layer = self.core.layer  # its timers_started counter, read after every call into the core
         self.timer = ElementTimer(self.core.get_timer, self.core.timers_started, self._on_timer)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, looked up once
+
+    def _clock(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     # counters, as the element keeps them
     @property
@@ -124,21 +138,30 @@ class SipProxy:
     async def receive(self, connection: SipConnection, message: SipMessage) -> list[Inbound]:
         """Feed a message read from ``connection``; returns the requests the owner must route."""
         core = self.core
-        core.receive(message, connection, asyncio.get_running_loop().time())
+        core.receive(message, connection, (self._loop or self._clock()).time())
         inbound = self._take_events() if core.events else []
         if core.outbox:  # a new request mostly queues nothing: its answer comes from the owner
             for written in self._queue():
-                with contextlib.suppress(OSError, ssl.SSLError):
+                try:  # noqa: SIM105 — not contextlib.suppress(): three calls more, for every message
                     await written.drain()
-        self.timer.arm()
+                except (OSError, ssl.SSLError):
+                    pass  # the write failed: the connection's reader sees it end
+        if self._layer.timers_started != self.timer.seen:  # ElementTimer.arm(), without the calls
+            self.timer.arm_if_moved(self._layer.timers_started)
         return inbound
 
     async def respond(self, inbound: Inbound, response: SipResponse) -> None:
         """Answer a request through its server transaction (an ACK is never answered)."""
         if isinstance(inbound, StrayAck):
             return
-        self.core.respond(inbound.key, response, asyncio.get_running_loop().time())
-        await self._transmit()
+        self.core.respond(inbound.key, response, (self._loop or self._clock()).time())
+        for written in self._queue():
+            try:  # noqa: SIM105
+                await written.drain()
+            except (OSError, ssl.SSLError):
+                pass
+        if self._layer.timers_started != self.timer.seen:
+            self.timer.arm_if_moved(self._layer.timers_started)
 
     async def forward(self, inbound: Inbound, outbound: SipConnection, *, record_route: str | None = None,
                       pop_route: bool = False, on_final: FinalCallback | None = None,
@@ -157,7 +180,7 @@ class SipProxy:
             self.core.send_stateless(forwarded, outbound)  # an ACK for a 2xx: end to end, no transaction
             await self._drain(self._queue())
             return
-        now = asyncio.get_running_loop().time()
+        now = (self._loop or self._clock()).time()
         key = self.core.forward(inbound.key, forwarded, outbound, now, on_final, branch=branch)
         written = self._queue()
         try:
@@ -166,21 +189,23 @@ class SipProxy:
             self._transport_error(key, error)
         if len(written) > 1:
             await self._drain(written, outbound)
-        self.timer.arm()
+        if self._layer.timers_started != self.timer.seen:
+            self.timer.arm_if_moved(self._layer.timers_started)
 
     async def send_request(self, request: SipRequest, outbound: SipConnection,
                            on_final: FinalCallback | None = None, *, branch: str | None = None) -> None:
         """Send this side's own request (a NOTIFY; ``branch``, its Via's, if at hand); ``on_final`` sees its final
         response.
         """
-        key = self.core.send_request(request, outbound, asyncio.get_running_loop().time(), on_final, branch=branch)
+        key = self.core.send_request(request, outbound, (self._loop or self._clock()).time(), on_final, branch=branch)
         written = self._queue()
         try:
             await outbound.drain()
         except (OSError, ssl.SSLError) as error:
             self._transport_error(key, error)
         await self._drain(written, outbound)
-        self.timer.arm()
+        if self._layer.timers_started != self.timer.seen:
+            self.timer.arm_if_moved(self._layer.timers_started)
 
     async def close(self) -> None:
         self.timer.cancel()
@@ -189,25 +214,43 @@ class SipProxy:
 
     def _forwarded_copy(self, request: SipRequest, outbound: SipConnection, branch: str, record_route: str | None,
                         pop_route: bool, extra: tuple[tuple[str, str], ...], strip: str | None) -> SipRequest:
+        """The copy to send on (§16.6), its header list built in one pass: this runs for every forwarded request."""
         host, port = outbound.local
-        headers = request.headers
-        if strip is not None:
-            headers = headers.remove(strip)
+        source = request.headers
         if pop_route:
-            headers = headers.remove_first("route")  # §16.4: our own Route entry
-        max_forwards = headers.get("max-forwards")
-        hops = int(max_forwards) - 1 if max_forwards is not None and max_forwards.isdigit() else 69
-        headers = headers.set("Max-Forwards", str(hops))  # §16.6 step 3
+            source = source.remove_first("route")  # §16.4: our own Route entry
+        drop = None if strip is None else header_key(strip)
+        items = [("Via", f"SIP/2.0/TLS {host}:{port};branch={branch}")]  # §16.6 step 8
         if record_route is not None:
-            headers = headers.prepend("Record-Route", record_route)  # §16.6 step 4
-        for name, value in extra:
-            headers = headers.add(name, value)
-        headers = headers.prepend("Via", f"SIP/2.0/TLS {host}:{port};branch={branch}")  # §16.6 step 8
-        return SipRequest(request.method, request.uri, headers, request.body, request.version)
+            items.append(("Record-Route", record_route))  # §16.6 step 4
+        keys = source.lookup_keys
+        if drop not in keys and keys.count("max-forwards") == 1:  # the usual request: slices, no loop
+            at = keys.index("max-forwards")
+            name, value = source.items[at]
+            items += source.items[:at]
+            items.append((name, str(int(value) - 1) if value.isdigit() else "69"))  # §16.6 step 3
+            items += source.items[at + 1:]
+            items += extra
+            return SipRequest(request.method, request.uri, Headers(tuple(items)), request.body, request.version)
+        hops: str | None = None
+        for key, item in zip(keys, source.items, strict=True):
+            if key == drop:
+                continue
+            if key == "max-forwards":  # §16.6 step 3: the first one, decremented; no other
+                if hops is not None:
+                    continue
+                value = item[1]
+                hops = str(int(value) - 1) if value.isdigit() else "69"
+                item = (item[0], hops)
+            items.append(item)
+        if hops is None:
+            items.append(("Max-Forwards", "69"))
+        items.extend(extra)
+        return SipRequest(request.method, request.uri, Headers(tuple(items)), request.body, request.version)
 
     def _transport_error(self, key: TransactionKey, error: BaseException) -> None:
         diagnostic = format_diagnostic(1000, f"next hop lost: {error}", classify_tls_error(error))
-        self.core.transport_error(key, asyncio.get_running_loop().time(), [diagnostic])
+        self.core.transport_error(key, self._clock().time(), [diagnostic])
         self._take_events()
         self._queue()
 
@@ -216,11 +259,12 @@ class SipProxy:
         events = self.core.events
         while events:
             event = events.popleft()
-            if isinstance(event, RequestReceived | StrayAck):
+            if isinstance(event, _INBOUND):
                 inbound.append(event)
             elif isinstance(event, Answered) and event.context is not None:
                 event.context(event.response)
-            # TimedOut, SendFailed: the element has answered upstream and counted them
+            # TimedOut, SendFailed: the element has answered upstream and counted them (and reports none of the
+            # requests forwarded without an on_final callback)
         return inbound
 
     def _queue(self) -> list[SipConnection]:
@@ -240,12 +284,10 @@ class SipProxy:
     async def _drain(self, written: list[SipConnection], done: SipConnection | None = None) -> None:
         for connection in written:
             if connection is not done:
-                with contextlib.suppress(OSError, ssl.SSLError):
+                try:  # noqa: SIM105 — not contextlib.suppress(): three calls more, for every message
                     await connection.drain()
-
-    async def _transmit(self) -> None:
-        await self._drain(self._queue())
-        self.timer.arm()
+                except (OSError, ssl.SSLError):
+                    pass  # the write failed: the connection's reader sees it end
 
     def _on_timer(self, now: float) -> None:
         self.core.handle_timer(now)
