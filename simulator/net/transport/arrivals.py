@@ -6,8 +6,9 @@ time; ``report merge`` compares that with what the probing side saw to say *wher
 arrived, arrived but the answer was lost, arrived from a rewritten source, arrived on a port outside the
 range). A TCP connection is one arrival; for UDP the first datagram from each source to each local port is.
 
-Recording is off unless a Lab turns it on (:func:`start_recording`): the embedded lab and the benchmarks pay
-one ``is None`` test per accepted connection or first datagram, nothing per packet after it.
+Recording is off unless a Lab turns it on (:func:`start_recording`). Listeners read :func:`recorder` once, at
+start; with recording off the embedded lab and the benchmarks pay one ``is None`` test per accepted connection,
+and the A/V Edge's 3478 listener one per datagram (an attribute it already holds), nothing else.
 """
 
 from __future__ import annotations
