@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-from simulator.cli.lab_mode import add_lab_serve_parsers, add_probe_parser, add_report_parser
+from simulator.cli.lab_mode import add_lab_serve_parsers, add_probe_parser, add_report_parser, add_sweep_parser
 from simulator.cli.scenarios import default_scenario
 from simulator.cli.serve import add_serve_parsers
 from simulator.spec.rules import Table as RuleTable
@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lab_serve_parsers(kinds)
     add_probe_parser(commands)
     add_report_parser(commands)
+    add_sweep_parser(commands)
     return parser
 
 

@@ -438,3 +438,63 @@ def firewall_ruleset(
     plan = plan_firewall(scenario, leave_out=leave_out, reject=reject, snat_inbound=snat_inbound,
                          hairpin=hairpin, drop_return=drop_return, external_interface=external_interface)
     return render(plan)
+
+
+def same_packet_groups(scenario: Scenario) -> list[tuple[str, ...]]:
+    """The selected rules grouped by the packets they accept: rules whose opening packets are the same (E6 and
+    P3 both accept TCP 443 in to the Access Edge) cannot be told apart by any firewall, so a sweep leaves them
+    out together. Catalog order, each group in the order of its first rule."""
+    deployment = scenario.deployment
+    if deployment is None:
+        raise NoDeploymentError(f"scenario '{scenario.name}' has no deployment: section")
+    relay = PortRange(scenario.edge_pool.relay_ports.first, scenario.edge_pool.relay_ports.last)
+    nodes = _nodes(scenario, deployment)
+    groups: dict[FlowMatch, list[str]] = {}
+    for rule_id in scenario.selected_rules:
+        groups.setdefault(flow_match(RULES_BY_ID[rule_id], nodes, relay), []).append(rule_id)
+    return [tuple(ids) for ids in groups.values()]
+
+
+def without_rules(ruleset: str, rule_ids: Iterable[str]) -> tuple[str, list[str]]:
+    """``ruleset`` (nftables or iptables-restore text whose accept rules carry the rule id first in their comment,
+    as :func:`firewall_ruleset` writes them) with the accept lines of ``rule_ids`` removed; also the ids no line
+    carried."""
+    wanted = set(rule_ids)
+    found: set[str] = set()
+    kept = []
+    for line in ruleset.splitlines():
+        match = _RULE_COMMENT.search(line)
+        accepts = " accept " in f"{line} " or "-j ACCEPT" in line
+        if match is not None and accepts and match.group(1) in wanted:
+            found.add(match.group(1))
+            continue
+        kept.append(line)
+    return "\n".join(kept) + "\n", sorted(wanted - found, key=list(RULES_BY_ID).index)
+
+
+# An accept rule's comment: `comment "E6 Access/..."` (nftables) or `--comment "E6 Access/..."` (iptables).
+_RULE_COMMENT = re.compile(r'comment "([A-Z]+\d+) ')
+
+
+def _overlap(a: FlowMatch, b: FlowMatch) -> bool:
+    """Some packet matches both: same transport, a shared Edge address at the same end, and port conditions that
+    can hold at once (on the same end the ranges meet; on different ends they constrain different fields)."""
+    if a.transport != b.transport or a.edge_end is not b.edge_end or not set(a.edge) & set(b.edge):
+        return False
+    if a.port_end is not b.port_end:
+        return True
+    return a.ports.first <= b.ports.last and b.ports.first <= a.ports.last
+
+
+def overlapping_rules(scenario: Scenario) -> dict[str, tuple[str, ...]]:
+    """For each selected rule, the rules of *other* same-packet groups that accept some of its packets too: E14 (UDP
+    to 3478 out) and E11 (UDP from the relay range out) both accept a relay's STUN to a partner's 3478, so taking
+    E14 out alone leaves that flow open. A sweep says so instead of calling the hole uncaught."""
+    deployment = scenario.deployment
+    if deployment is None:
+        raise NoDeploymentError(f"scenario '{scenario.name}' has no deployment: section")
+    relay = PortRange(scenario.edge_pool.relay_ports.first, scenario.edge_pool.relay_ports.last)
+    nodes = _nodes(scenario, deployment)
+    matches = {rule_id: flow_match(RULES_BY_ID[rule_id], nodes, relay) for rule_id in scenario.selected_rules}
+    return {rule_id: tuple(other for other, theirs in matches.items() if theirs != mine and _overlap(mine, theirs))
+            for rule_id, mine in matches.items()}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from simulator.lab.addressing import AddressPlan, PortMap
+from simulator.lab.av import PEER_TCP_MEDIA_PORT, PEER_UDP_MEDIA_PORT
 from simulator.outcome import Outcome, Reason, Verdict
 from simulator.report.model import Report, build_report
 from simulator.scenario.runner import RuleResult, combine_outcomes
@@ -94,15 +95,24 @@ def locus_of(scenario: Scenario, rule: Rule, node: str) -> Locus | None:
         return Locus("external", frozenset({str(deployment.dns.address)}), frozenset({deployment.dns.port}),
                      transport, source)
     peers = _addresses_of(scenario, {peer_role})
-    if rule.service is Service.AV:  # the media peers (simulator.lab.av): 3478 and 50600 over UDP, 443/50600 TCP
-        ports = frozenset({50600} if rule.id == "E11" else {3478}) if transport == "udp" else frozenset({443, 50600})
-        return Locus("external", peers, ports, transport, source, relay)
+    if rule.service is Service.AV:
+        # The media peers (simulator.lab.av): the relay's RTP goes to their media port (E11 over UDP, E10/P4 over
+        # TCP), STUN/TURN to their 3478/443 (E14/P5, E17) — one port per rule, so one rule's arrivals never
+        # stand in for another's (E17's TCP to 443 is not E10's to the media port).
+        media = PEER_UDP_MEDIA_PORT if transport == "udp" else PEER_TCP_MEDIA_PORT
+        return Locus("external", peers, frozenset({media if rule.protocol == "RTP" else port}), transport, source,
+                     relay)
     return Locus("external", peers, frozenset({port}), transport, source)
 
 
 def _refine(outcome: Outcome, locus: Locus | None, arrivals: list[dict[str, Any]] | None) -> Outcome:
     """A vague failure made precise by what the serving side saw (None: that side's observations are missing)."""
-    if outcome.verdict is not Verdict.FAIL or outcome.reason not in _VAGUE or locus is None or arrivals is None:
+    if outcome.verdict is not Verdict.FAIL or locus is None or arrivals is None:
+        return outcome
+    # An application refusal (a 504 or an XMPP stream error from the Edge) is vague too when the Edge gave it on
+    # behalf of a far side that never saw the flow: then the flow died on its way there.
+    relayed_refusal = outcome.reason is Reason.REJECTED
+    if outcome.reason not in _VAGUE and not relayed_refusal:
         return outcome
     seen = []
     for arrival in arrivals:
@@ -111,6 +121,8 @@ def _refine(outcome: Outcome, locus: Locus | None, arrivals: list[dict[str, Any]
             source, _, source_port = str(arrival["remote"]).rpartition(":")
             seen.append((source, int(source_port)))
     expected = [(host, port) for host, port in seen if host in locus.sources]
+    if relayed_refusal and seen:
+        return outcome  # it arrived: the refusal is the far side's own answer
     if expected:
         if locus.relay_ports is not None and not any(locus.relay_ports[0] <= p <= locus.relay_ports[1]
                                                      for _, p in expected):

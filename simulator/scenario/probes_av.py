@@ -8,8 +8,8 @@ node's A/V Edge and moves data through the relay:
   ALTERNATE-SERVER = this node's public A/V address, the relay (MAPPED-ADDRESS) must be this node's public
   address on a port in the relay range, never a private address, and a payload must cross the relay to a
   media peer and back (the peer reports the source it saw: the relay's public address and port);
-* UDP relay both ways (E11 out, E13 in), and Edge-to-Edge STUN to a partner's 3478 through the relay
-  (E14, P5: the partner's Binding answer names the relay address);
+* UDP relay both ways (E11 out; E13 in, the peer speaking first), and Edge-to-Edge STUN to a partner's 3478
+  through the relay (E14, P5: the partner's Binding answer names the relay address);
 * TCP relays (RFC 6062 over TCP 443): the relay opens TCP to a peer (E10, P4; E17 to the peer's 443) or
   a peer opens TCP to the relay port (E12), and bytes cross both ways.
 """
@@ -26,6 +26,7 @@ from simulator.lab.addressing import HostKind
 from simulator.lab.av import PEER_TCP_MEDIA_PORT, PEER_UDP_MEDIA_PORT, TURN_TCP_PORT, TURN_UDP_PORT
 from simulator.lab.clients import nat_for, open_tcp
 from simulator.net.clients.turn_client import Allocation, MsTurnClient, RfcTcpRelayClient
+from simulator.net.clients.udp_sender import UdpSender
 from simulator.net.peers.media_peer import parse_seen
 from simulator.outcome import Outcome, ProbeFailure, Reason
 from simulator.scenario.probing import ProbeContext, guarded, peer, probe
@@ -35,12 +36,13 @@ from simulator.wire.errors import MalformedMessage
 from simulator.wire.stun import Address, StunMethod
 
 MS_VERSION = 3
+DISCARD_PORT = 9  # RFC 863: where a Send that only opens a permission goes
 
 
 async def _av_guarded(ctx: ProbeContext, node: str, check: Callable[[], Awaitable[str]]) -> Outcome:
     """Run an A/V check; when nothing came back through the relay, say whether inbound SNAT is why."""
     outcome = await guarded(node, check)
-    if outcome.reason is not Reason.NO_RETURN_PATH:
+    if outcome.reason not in (Reason.NO_RETURN_PATH, Reason.TIMEOUT):
         return outcome
     try:
         cause = await _inbound_snat(ctx, node)
@@ -65,7 +67,7 @@ async def _inbound_snat(ctx: ProbeContext, node: str) -> str | None:
             "inbound SNAT breaks the relay's per-peer permissions")
 
 
-RTP_RULES = frozenset({"E11", "E13"})  # RTP/UDP through the relay: to the peer's media port, not its 3478
+RTP_RULES = frozenset({"E11"})  # RTP/UDP through the relay: to the peer's media port, not its 3478
 
 
 def _rng(ctx: ProbeContext, node: str) -> random.Random:
@@ -270,11 +272,42 @@ async def av_relay_udp_in(ctx: ProbeContext, node: str) -> Outcome:
     on another pool node (hairpin)."""
 
     async def check() -> str:
-        detail = await _ms_probe(ctx, node, "udp", internal=False, client_role=ClientRole.REMOTE_USER,
-                                 peer_role=ClientRole.FEDERATED_PARTNER)
+        detail = await _peer_speaks_first(ctx, node)
         return f"{detail}; {await _across_the_pool(ctx, node, outbound=False)}"
 
     return await _av_guarded(ctx, node, check)
+
+
+async def _peer_speaks_first(ctx: ProbeContext, node: str) -> str:
+    """The peer's datagram is the first of its flow: the client's Send to the peer's *discard* port opens the
+    relay's permission for the peer's address (MS-TURN permissions are per address) without starting the flow the
+    peer then sends on, so only the inbound accept rule (E13) lets it through — never conntrack's reply state."""
+    client, allocation, detail = await _ms_session(ctx, node, "udp", internal=False,
+                                                   client_role=ClientRole.REMOTE_USER)
+    try:
+        peer_host = _peer_host(ctx, ClientRole.FEDERATED_PARTNER)
+        payload = f"edgesim-{ctx.rule.id}-first".encode()
+        with UdpSender(peer_host) as sender:
+            for _ in range(3):  # UDP: a couple of tries, bounded
+                client.send(Address(peer_host, DISCARD_PORT), b"open")
+                await asyncio.sleep(0.05)  # the permission is in place before the peer speaks
+                sender.send((allocation.relay.host, allocation.relay.port), payload)
+                try:
+                    while True:
+                        source, data = await client.receive(ctx.timeout / 2)
+                        if data == payload:
+                            break
+                except ProbeFailure:
+                    continue
+                if source is not None and source.host != peer_host:
+                    raise ProbeFailure(Reason.SNAT_INBOUND, f"the relay saw the peer as {source.host}, not "
+                                                            f"{peer_host}: inbound traffic is source-NATed")
+                return (f"{detail}; peer {sender.local[0]}:{sender.local[1]} spoke first to the relay "
+                        f"{allocation.relay.host}:{allocation.relay.port}: delivered")
+        raise ProbeFailure(Reason.TIMEOUT, f"the peer's datagrams to the relay {allocation.relay.host}:"
+                                           f"{allocation.relay.port} never reached the client")
+    finally:
+        await client.close()
 
 
 @probe("av-turn-udp-out")

@@ -18,7 +18,14 @@ from typing import Any
 import pytest
 
 from simulator.cli import main
-from simulator.lab.firewall import Dialect, NoDeploymentError, firewall_ruleset, plan_firewall
+from simulator.lab.firewall import (
+    Dialect,
+    NoDeploymentError,
+    firewall_ruleset,
+    plan_firewall,
+    same_packet_groups,
+    without_rules,
+)
 from simulator.spec.loader import load_scenario
 from simulator.spec.rules import RULES_BY_ID
 from simulator.spec.schema import Scenario
@@ -391,3 +398,37 @@ def test_cli_prints_one_line_and_exits_2(argv: list[str], capsys: pytest.Capture
     captured = capsys.readouterr()
     assert captured.out == ""
     assert len(captured.err.strip().splitlines()) == 1 and captured.err.startswith("edgesim: ")
+
+
+# ------------------------------------------------------------------------------------------------ the sweep's input
+
+
+def test_same_packet_groups_are_the_rules_port_tables_gives_the_same_flow(lab: Scenario) -> None:
+    # rows of EXPECTED (written from port-tables.md) that differ only in their id
+    by_flow: dict[tuple[str, ...], list[str]] = {}
+    for row in EXPECTED:
+        by_flow.setdefault(row[1:], []).append(row[0])
+    want = sorted(sorted(ids) for ids in by_flow.values())
+    assert sorted(sorted(group) for group in same_packet_groups(lab)) == want
+    shared = {frozenset(group) for group in same_packet_groups(lab) if len(group) > 1}
+    assert frozenset({"E8", "F1", "P2"}) in shared and frozenset({"E6", "P3"}) in shared
+    assert len(same_packet_groups(lab)) == 28  # 38 rules, 9 groups of shared packets (one of three)
+
+
+@pytest.mark.parametrize("dialect", ["nftables", "iptables"])
+def test_without_rules_takes_out_exactly_the_groups_accept_lines(lab: Scenario, dialect: Dialect) -> None:
+    base = firewall_ruleset(lab, dialect, drop_return=["E15"])
+    text, missing = without_rules(base, ["E15", "P6"])
+    removed, added = changed(base, text)
+    assert missing == [] and added == []
+    accepts = [line for line in lines_with(base, "E15") if "return traffic dropped" not in line]
+    assert sorted(removed) == sorted([*lines_with(base, "P6"), *accepts])
+    assert any("return traffic dropped" in line for line in lines_with(text, "E15"))  # a drop rule is not an accept
+    # a user's ruleset that never had the line: said, not silently ignored
+    _, missing = without_rules(text, ["E15", "E9"])
+    assert missing == ["E15"]
+
+
+def test_a_ruleset_without_a_groups_lines_still_loads(lab: Scenario, netns: str, tmp_path: Path) -> None:
+    text, _ = without_rules(firewall_ruleset(lab, "nftables"), ["E8", "F1", "P2"])
+    check_in(netns, [require_tool("nft"), "-c", "-f"], text, tmp_path)

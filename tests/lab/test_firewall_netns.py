@@ -15,7 +15,6 @@ also when a test fails. Nothing leaves the namespaces.
 
 from __future__ import annotations
 
-import itertools
 import os
 import select
 import subprocess
@@ -23,11 +22,10 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from simulator.lab.firewall import Dialect, firewall_ruleset
+from simulator.lab.fwlab import Dialect, Namespaces
 from simulator.spec.loader import load_scenario
 from simulator.spec.schema import Scenario
 from tests.peers import in_ci, require_tool
@@ -37,7 +35,6 @@ pytestmark = pytest.mark.interop
 FIREWALL_LAB = Path(__file__).resolve().parents[2] / "scenarios" / "firewall-lab.yaml"
 BLOCKED_WAIT = 1.5  # seconds a client waits before calling a flow dropped
 ARRIVE_WAIT = 4.0  # seconds a listener waits for a flow that should arrive
-_serial = itertools.count(1)
 
 TCP_LISTENER = """
 import socket, sys
@@ -101,12 +98,6 @@ with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
 """
 
 
-def _ip(*argv: str) -> None:
-    done = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=10, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(argv)}: {done.stderr.strip()}")
-
-
 @dataclass
 class Outcome:
     """What the listener saw (``from ADDR:PORT`` or ``none``) and what the client saw."""
@@ -119,61 +110,8 @@ class Outcome:
         return self.client.split()
 
 
-class FirewallLab:
-    """ext, dmz, int and the router fw, joined by veth pairs; :meth:`close` deletes them all."""
-
-    def __init__(self, scenario: Scenario) -> None:
-        deployment = scenario.deployment
-        assert deployment is not None
-        self.scenario = scenario
-        self.nodes = [deployment.nodes[node.name] for node in scenario.edge_pool.nodes]
-        self.ext_client = str(deployment.clients["fabrikam"].addresses[0])
-        self.int_client = str(deployment.clients["frontend"].addresses[0])
-        tag = f"esfw{os.getpid()}-{next(_serial)}"
-        self.ns = {side: f"{tag}-{side}" for side in ("ext", "dmz", "int", "fw")}
-        self._processes: list[subprocess.Popen[str]] = []
-
-    def build(self) -> None:
-        ns = self.ns
-        for name in ns.values():
-            _ip("netns", "add", name)
-        for name in ns.values():
-            _ip("-n", name, "link", "set", "lo", "up")
-        legs = [("ext0", "ext", "eth0", "10.200.1"), ("dmz0", "dmz", "eth0", "10.200.2"),
-                ("eint0", "dmz", "eth1", "10.200.5"), ("int0", "int", "eth0", "10.200.4")]
-        for fw_end, side, side_end, net in legs:
-            _ip("-n", ns["fw"], "link", "add", fw_end, "type", "veth", "peer", "name", side_end, "netns", ns[side])
-            _ip("-n", ns["fw"], "addr", "add", f"{net}.1/24", "dev", fw_end)
-            _ip("-n", ns["fw"], "link", "set", fw_end, "up")
-            _ip("-n", ns[side], "link", "set", side_end, "up")
-        _ip("-n", ns["ext"], "addr", "add", f"{self.ext_client}/24", "dev", "eth0")
-        _ip("-n", ns["ext"], "route", "add", "default", "via", "10.200.1.1")
-        _ip("-n", ns["int"], "addr", "add", f"{self.int_client}/24", "dev", "eth0")
-        _ip("-n", ns["int"], "route", "add", "default", "via", "10.200.4.1")
-        for node in self.nodes:
-            for pair in (node.access, node.webconf, node.av):
-                _ip("-n", ns["dmz"], "addr", "add", f"{pair.private}/24", "dev", "eth0")
-            _ip("-n", ns["dmz"], "addr", "add", f"{node.internal}/24", "dev", "eth1")
-        _ip("-n", ns["dmz"], "route", "add", "default", "via", "10.200.2.1")
-        _ip("-n", ns["dmz"], "route", "add", "10.200.4.0/24", "via", "10.200.5.1")
-        sysctls = ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
-                   "net.ipv4.conf.dmz0.send_redirects=0", "net.ipv4.conf.all.rp_filter=0"]
-        self.run_in("fw", ["sysctl", "-q", "-w", *sysctls])
-
-    def run_in(self, side: str, argv: list[str], stdin: str | None = None) -> str:
-        done = subprocess.run(["ip", "netns", "exec", self.ns[side], *argv], input=stdin, capture_output=True,
-                              text=True, timeout=30, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} in {side}: {done.stderr.strip()}")
-        return done.stdout
-
-    def load(self, dialect: Dialect, **options: Any) -> str:
-        text = firewall_ruleset(self.scenario, dialect, **options)
-        if dialect == "nftables":
-            self.run_in("fw", ["nft", "-f", "-"], stdin=text)
-        else:
-            self.run_in("fw", ["iptables-restore"], stdin=text)
-        return text
+class FirewallLab(Namespaces):
+    """The namespace lab of :mod:`simulator.lab.fwlab`, with plain-socket listeners and clients in its sides."""
 
     def _python(self, side: str, code: str, *args: object) -> list[str]:
         return ["ip", "netns", "exec", self.ns[side], sys.executable, "-I", "-c", code, *map(str, args)]
@@ -212,14 +150,6 @@ class FirewallLab:
                                 ARRIVE_WAIT if arrives else BLOCKED_WAIT + 1)
         return self._finish(listener, self._python(client_side, UDP_CLIENT, src, dst, port, BLOCKED_WAIT),
                             BLOCKED_WAIT)
-
-    def close(self) -> None:
-        for process in self._processes:
-            if process.poll() is None:
-                process.kill()
-            process.communicate(timeout=10)
-        for name in self.ns.values():
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -363,7 +293,9 @@ def test_a_build_that_fails_halfway_leaves_no_namespace(scenario: Scenario, monk
     try:
         with pytest.raises(RuntimeError, match="sysctl failed"):
             lab.build()
+        # build() removed what it had made before the error reached the caller
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10,
+                                check=True).stdout
+        assert not any(name in listed for name in lab.ns.values())
     finally:
         lab.close()
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10, check=True).stdout
-    assert not any(name in listed for name in lab.ns.values())
