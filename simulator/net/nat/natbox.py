@@ -38,6 +38,13 @@ the table's next timer moved earlier. When it fires the box calls ``table.expire
 binding went, closes the sockets of bindings the table no longer holds (checked with
 ``table.lookup``). Time is ``loop.time()``.
 
+Impairment (:mod:`simulator.core.impairment`): an optional :class:`PathImpairment` gives each direction
+seeded netem-like loss, delay, jitter and reorder. Outbound packets are impaired after translation (the
+binding exists at once; the datagram leaves its public socket late or never), inbound packets after the
+table admitted them (delivered to the inside host late or never). Packets in flight wait in one
+:class:`DelayLine` behind one ``loop.call_at`` handle. Hairpinned and LAN packets are not impaired.
+Without impairment (the default) the datapath pays one ``is None`` test per packet.
+
 TCP: in-process clients only, outbound only (:meth:`NatBox.open_tcp_connection`): the table maps the
 connection and the box connects from a real socket bound to the mapped address; the streams are the
 caller's. A TCP segment from a namespaced host is counted as ``NOT_UDP`` and dropped.
@@ -59,8 +66,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
+from simulator.core.impairment import DelayLine, ImpairedLink, PathImpairment
 from simulator.core.nat import DEFAULT_PORT_RANGE, NatConfig, NatTable
 from simulator.net.nat.netns import NamespacedHost
 from simulator.wire.errors import MalformedMessage
@@ -91,6 +99,7 @@ class DatapathDrop(enum.Enum):
     SEND_FAILED = "send-failed"  # sendto on a public socket failed
     QUEUE_FULL = "queue-full"  # an in-process endpoint's receive queue is full
     TUN_FULL = "tun-full"  # the kernel refused a packet written to the TUN
+    IMPAIRMENT_LOSS = "impairment-loss"  # dropped on purpose by the configured impairment
 
 
 @dataclass
@@ -122,6 +131,15 @@ class _InsideHost(Protocol):
     def deliver(self, payload: bytes, src: Address, dst: Address) -> bool:
         """Hand one datagram to the host; ``False`` if it had to be dropped."""
         ...
+
+
+class _InFlight(NamedTuple):
+    """A delayed datagram: outbound (leaves ``sock`` for ``dst``) or inbound (``sock`` is ``None``)."""
+
+    sock: socket.socket | None
+    payload: bytes
+    src: Address
+    dst: Address
 
 
 @dataclass(slots=True)
@@ -211,7 +229,14 @@ class NatBox:
     ``await box.stop()``. ``stop`` closes every endpoint, socket, TUN and namespace it made.
     """
 
-    def __init__(self, table: NatTable, *, allow_destination: Callable[[str], bool] = loopback_only) -> None:
+    def __init__(
+        self,
+        table: NatTable,
+        *,
+        allow_destination: Callable[[str], bool] = loopback_only,
+        impairment: PathImpairment | None = None,
+        impairment_rng: random.Random | None = None,
+    ) -> None:
         self.table = table
         self.public_ip = table.public_ip
         self.counters = NatBoxCounters()
@@ -224,6 +249,14 @@ class NatBox:
         self._timer_when = 0.0
         self._last_now = 0.0
         self._next_virtual_port = _VIRTUAL_PORTS[0]
+        self.impairment: PathImpairment | None = None
+        self.impaired_outbound: ImpairedLink | None = None
+        self.impaired_inbound: ImpairedLink | None = None
+        self._in_flight: DelayLine[_InFlight] = DelayLine()
+        self._flight_timer: asyncio.TimerHandle | None = None
+        self._flight_when = 0.0
+        if impairment is not None:
+            self.set_impairment(impairment, impairment_rng or random.Random(0))
 
     @classmethod
     def dynamic(
@@ -234,9 +267,34 @@ class NatBox:
         port_range: tuple[int, int] = DEFAULT_PORT_RANGE,
         *,
         allow_destination: Callable[[str], bool] = loopback_only,
+        impairment: PathImpairment | None = None,
+        impairment_rng: random.Random | None = None,
     ) -> NatBox:
-        """A box around a new ``NatTable(config, rng, public_ip, port_range)``."""
-        return cls(NatTable(config, rng, public_ip, port_range), allow_destination=allow_destination)
+        """A box around a new ``NatTable(config, rng, public_ip, port_range)``.
+
+        ``impairment`` (with its own seeded ``impairment_rng``, default ``Random(0)``) impairs the datapath.
+        """
+        return cls(
+            NatTable(config, rng, public_ip, port_range),
+            allow_destination=allow_destination,
+            impairment=impairment,
+            impairment_rng=impairment_rng,
+        )
+
+    def set_impairment(self, impairment: PathImpairment | None, rng: random.Random) -> None:
+        """Impair each direction from now on (``None`` or inactive directions: none).
+
+        Each direction draws from its own generator seeded from ``rng``, so traffic in one direction
+        does not change the decisions in the other. Packets already in flight keep their due times.
+        """
+        self.impairment = impairment
+        outbound_rng = random.Random(rng.getrandbits(64))
+        inbound_rng = random.Random(rng.getrandbits(64))
+        self.impaired_outbound = self.impaired_inbound = None
+        if impairment is not None and impairment.outbound.active:
+            self.impaired_outbound = ImpairedLink(impairment.outbound, outbound_rng)
+        if impairment is not None and impairment.inbound.active:
+            self.impaired_inbound = ImpairedLink(impairment.inbound, inbound_rng)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -258,6 +316,10 @@ class NatBox:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._flight_timer is not None:
+            self._flight_timer.cancel()
+            self._flight_timer = None
+        self._in_flight.clear()
         for endpoint in list(self._endpoints.values()):
             endpoint.close()
         try:
@@ -437,11 +499,30 @@ class NatBox:
         sock = self._public_socket(translation.src[1], src, dst)
         if sock is None:
             return
-        try:
+        link = self.impaired_outbound
+        if link is not None:
+            due = link.decide(now)
+            if due is None:
+                counters.drops[DatapathDrop.IMPAIRMENT_LOSS] += 1
+                return
+            if due > now:
+                self._delay(due, _InFlight(sock, payload, translation.src, translation.dst))
+                return
+        try:  # inline, not _send_public: this is the hot path
             sock.sendto(payload, translation.dst)
         except OSError as exc:
             counters.drops[DatapathDrop.SEND_FAILED] += 1
             logger.debug("NAT %s: sendto %s failed: %s", public_ip, translation.dst, exc)
+            return
+        counters.sent += 1
+
+    def _send_public(self, sock: socket.socket, payload: bytes, dst: Address) -> None:
+        counters = self.counters
+        try:
+            sock.sendto(payload, dst)
+        except OSError as exc:
+            counters.drops[DatapathDrop.SEND_FAILED] += 1
+            logger.debug("NAT %s: sendto %s failed: %s", self.public_ip, dst, exc)
             return
         counters.sent += 1
 
@@ -500,9 +581,14 @@ class NatBox:
                 logger.debug("NAT %s: recvfrom failed: %s", public, exc)
                 continue
             self.counters.received += 1
-            translation = self.table.inbound("udp", (src[0], src[1]), public, self._now())
+            now = self._now()
+            translation = self.table.inbound("udp", (src[0], src[1]), public, now)
             if translation is not None:  # else dropped and counted by the table (RFC 4787 §5)
-                self._deliver_to(payload, translation.src, translation.dst)
+                link = self.impaired_inbound
+                if link is None:
+                    self._deliver_to(payload, translation.src, translation.dst)
+                else:
+                    self._impair_inbound(link, payload, translation.src, translation.dst, now)
             if sock.fileno() < 0:  # a delivery callback stopped the box
                 return
 
@@ -537,6 +623,47 @@ class NatBox:
         if self._loop is not None and not host.tun.closed:
             self._loop.remove_reader(host.tun.fileno())
         await host.aclose()
+
+    # ------------------------------------------------------------------ impairment
+
+    def _impair_inbound(self, link: ImpairedLink, payload: bytes, src: Address, dst: Address, now: float) -> None:
+        due = link.decide(now)
+        if due is None:
+            self.counters.drops[DatapathDrop.IMPAIRMENT_LOSS] += 1
+        elif due > now:
+            self._delay(due, _InFlight(None, payload, src, dst))
+        else:
+            self._deliver_to(payload, src, dst)
+
+    def _delay(self, due: float, packet: _InFlight) -> None:
+        self._in_flight.push(due, packet)
+        self._arm_flight_timer()
+
+    def _arm_flight_timer(self) -> None:
+        when = self._in_flight.next_timer()
+        if when is None or self._loop is None:
+            return
+        if self._flight_timer is not None:
+            if self._flight_when <= when:
+                return
+            self._flight_timer.cancel()
+        self._flight_when = when
+        self._flight_timer = self._loop.call_at(when, self._on_flight_timer)
+
+    def _on_flight_timer(self) -> None:
+        self._flight_timer = None
+        # call_at may fire up to the clock resolution early: release what was due at the deadline
+        now = max(self._now(), self._flight_when)
+        for packet in self._in_flight.pop_due(now):
+            if self._loop is None:  # a delivery callback stopped the box
+                return
+            if packet.sock is None:
+                self._deliver_to(packet.payload, packet.src, packet.dst)
+            elif packet.sock.fileno() < 0:  # the binding expired while the packet was in flight
+                self.counters.drops[DatapathDrop.SEND_FAILED] += 1
+            else:
+                self._send_public(packet.sock, packet.payload, packet.dst)
+        self._arm_flight_timer()
 
     # ------------------------------------------------------------------ timers
 
