@@ -1,6 +1,10 @@
 """``edgesim serve``: one role's listeners for lab use across real hosts.
 
-Each handler imports the role it runs when it runs, so the parser itself loads nothing but argparse.
+Each handler imports the role it runs when it runs, so the parser itself loads nothing but argparse. Every
+serve command takes ``--metrics ADDR:PORT`` (Prometheus, :mod:`simulator.lab.metrics`) and ``--pcap FILE``
+(and ``--keylog FILE`` where TLS is spoken; :mod:`simulator.net.transport.capture`), prints one summary line
+when it stops, and exits 3 with one line when the host refuses something (an address in use, no capture tool
+or privilege, a file it cannot write).
 """
 
 from __future__ import annotations
@@ -11,17 +15,99 @@ import contextlib
 import gc
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from simulator.cli.scenarios import default_scenario
 from simulator.core.ports import DEFAULT_FIRST_PORT, DEFAULT_LAST_PORT
+
+if TYPE_CHECKING:
+    from simulator.lab.metrics import Sources
+
+EXIT_ENVIRONMENT = 3  # the host cannot do it: address in use, missing capture tool or privilege, unwritable file
+EXIT_CODES_HELP = ("exit codes: 0 stopped cleanly (SIGINT/SIGTERM or --duration), 2 usage error, "
+                   "3 environment error (address in use, no capture tool or privilege, file not writable)")
 
 
 def add_serve_parsers(serve: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Every ``edgesim serve`` kind, in the order ``--help`` lists them."""
     add_serve_access_edge(serve)
     add_serve_av_edge(serve)
+
+
+# ------------------------------------------------------------------ what every serve command offers
+
+
+class EnvironmentProblem(Exception):
+    """One line for stderr; the command exits :data:`EXIT_ENVIRONMENT`."""
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 0xFFFF:
+        raise argparse.ArgumentTypeError(f"bad address {text!r} (want ADDR:PORT, e.g. 127.0.0.1:9641; port 0: any)")
+    return host.strip("[]"), int(port)
+
+
+def add_observability(parser: argparse.ArgumentParser, *, tls: bool) -> None:
+    """``--metrics ADDR:PORT``, ``--pcap FILE`` and (where TLS is spoken) ``--keylog FILE``."""
+    parser.add_argument("--metrics", type=_listen_address, metavar="ADDR:PORT",
+                        help="serve Prometheus metrics at http://ADDR:PORT/metrics (port 0: any; the URL is printed)")
+    parser.add_argument("--pcap", metavar="FILE", help="capture this server's traffic into FILE (needs tcpdump or "
+                        "dumpcap, and the privilege to capture on loopback)")
+    if tls:
+        parser.add_argument("--keylog", metavar="FILE", help="append the TLS secrets of every connection to FILE "
+                            "(NSS key log format: tshark -o tls.keylog_file:FILE); SSLKEYLOGFILE works too")
+    parser.epilog = EXIT_CODES_HELP
+
+
+@contextlib.asynccontextmanager
+async def observed(args: argparse.Namespace, what: str, sources: Callable[[], Sources],
+                   capture_hosts: str | Iterable[str], *, interface: str | None = None) -> AsyncIterator[None]:
+    """Key log, metrics endpoint and capture around a serve command; the one-line summary when it ends.
+
+    ``capture_hosts``: the prefix or addresses ``--pcap`` captures, on ``interface`` (default: loopback, where
+    the embedded lab lives; a firewall-lab side on real interfaces passes ``"any"``).
+
+    Everything the environment may refuse is checked here, before the server's own listeners start, and
+    raised as :class:`EnvironmentProblem`.
+    """
+    from simulator.lab.metrics import MetricsEndpoint, registry_for, summary_line
+    from simulator.net.transport import capture
+
+    try:
+        capture.prepare_keylog(getattr(args, "keylog", None))  # --keylog, or a check of SSLKEYLOGFILE
+    except capture.CaptureError as error:
+        raise EnvironmentProblem(str(error)) from None
+    registry = registry_for(sources)
+    async with contextlib.AsyncExitStack() as stack:
+        metrics, pcap_path = getattr(args, "metrics", None), getattr(args, "pcap", None)
+        if metrics is not None:
+            host, port = metrics
+            endpoint = MetricsEndpoint(registry, host, port)
+            try:
+                await endpoint.start()
+            except OSError as error:
+                raise EnvironmentProblem(f"--metrics {host}:{port}: {error.strerror or error}") from None
+            stack.push_async_callback(endpoint.stop)
+            print(f"metrics {endpoint.url}", flush=True)
+        pcap: capture.Capture | None = None
+        if pcap_path is not None:
+            try:
+                pcap = await stack.enter_async_context(
+                    capture.capture(pcap_path, capture_hosts, interface=interface or capture.DEFAULT_INTERFACE))
+            except (capture.CaptureError, ValueError) as error:
+                raise EnvironmentProblem(str(error)) from None
+            print(f"pcap {pcap_path} ({pcap.tool}: {pcap.bpf})", flush=True)
+        yield
+        print(summary_line(registry, what), flush=True)  # the server still runs: its counters are all there
+    if pcap is not None:
+        print(f"pcap {pcap.path}: {pcap.summary or 'written'}", flush=True)
+
+
+def _environment_error(what: str, error: BaseException) -> int:
+    print(f"edgesim: serve {what}: {error}", file=sys.stderr)
+    return EXIT_ENVIRONMENT
 
 
 def run_until_stopped(main: Callable[[], Awaitable[int]]) -> int:
@@ -63,6 +149,7 @@ def add_serve_access_edge(subparsers: argparse._SubParsersAction[argparse.Argume
     parser.add_argument("--node", help="which pool node to announce (default: the first)")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--pki-out", default=None, help="also write the lab PKI here (for peers on other hosts)")
+    add_observability(parser, tls=True)
     parser.set_defaults(handler=_cmd_serve_access_edge)
 
 
@@ -72,6 +159,7 @@ def _cmd_serve_access_edge(args: argparse.Namespace, console: object) -> int:
 
 async def _serve_access_edge(args: argparse.Namespace) -> int:
     from simulator.lab.access import SIP_MTLS_PORT, SIP_TLS_PORT, access_edge_address, user_accounts
+    from simulator.lab.metrics import Sources, lab_sources
     from simulator.lab.topology import Lab
     from simulator.spec.loader import load_scenario
 
@@ -80,15 +168,30 @@ async def _serve_access_edge(args: argparse.Namespace) -> int:
     if node not in {n.name for n in scenario.edge_pool.nodes}:
         print(f"edgesim: no node {node!r} in {scenario.name}", file=sys.stderr)
         return 2
-    async with Lab(scenario) as lab:
-        if args.pki_out:
-            lab.pki.write(args.pki_out)
-        address = access_edge_address(lab, node)
-        print(f"access-edge ready tls={address}:{lab.port_map(SIP_TLS_PORT)} "
-              f"mtls={address}:{lab.port_map(SIP_MTLS_PORT)}", flush=True)
-        for account in user_accounts(lab):
-            print(f"user {account.aor} password {account.password} from {account.host}", flush=True)
-        await wait_for_stop(args.duration)
+    lab: Lab | None = None
+    prefix = f"{scenario.lab.loopback_prefix}.0.0/16"  # every lab host lives there (simulator.lab.addressing)
+    try:
+        async with observed(args, "access-edge", lambda: Sources() if lab is None else lab_sources(lab), prefix):
+            try:
+                lab = Lab(scenario)
+                await lab.start()  # stops what it started when it fails
+            except OSError as error:
+                lab = None
+                raise EnvironmentProblem(str(error)) from None
+            if args.pki_out:
+                lab.pki.write(args.pki_out)
+            address = access_edge_address(lab, node)
+            print(f"access-edge ready tls={address}:{lab.port_map(SIP_TLS_PORT)} "
+                  f"mtls={address}:{lab.port_map(SIP_MTLS_PORT)}", flush=True)
+            for account in user_accounts(lab):
+                print(f"user {account.aor} password {account.password} from {account.host}", flush=True)
+            await wait_for_stop(args.duration)
+            # leaving ``observed`` prints the summary while the lab still runs; the lab stops below
+    except EnvironmentProblem as error:
+        return _environment_error("access-edge", error)
+    finally:
+        if lab is not None:
+            await lab.stop()
     return 0
 
 
@@ -139,6 +242,7 @@ def add_serve_av_edge(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument("--max-allocations", type=int, help="total allocation quota (486 beyond)")
     p.add_argument("--user-quota", type=int, help="allocations per username (486 beyond)")
     p.add_argument("--seed", type=int, help="seed for nonces, ports and connection IDs (default: random)")
+    add_observability(p, tls=False)
     p.set_defaults(handler=_cmd_serve_av_edge)
 
 
@@ -165,21 +269,31 @@ async def serve_av_edge(args: argparse.Namespace) -> int:
         user_quota=args.user_quota,
         seed=args.seed,
     )
+    from simulator.lab.metrics import Sources
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    sources = Sources(av_edges=[(args.public, args.listen, edge)])
+    hosts = [args.listen, args.public, *([args.relay_bind] if args.relay_bind else [])]
     try:
-        await edge.start()
-        # A dedicated server process: what was allocated until now (modules, the loop, the listeners) lives as
-        # long as the process, so keep it out of every later full collection (~6% of an allocation's CPU).
-        gc.collect()
-        gc.freeze()
-        assert edge.udp_address is not None and edge.tcp_address is not None
-        udp, tcp = edge.udp_address, edge.tcp_address
-        sys.stdout.write(f"av-edge ready udp={udp.host}:{udp.port} tcp={tcp.host}:{tcp.port}\n")
-        sys.stdout.flush()
-        await stop.wait()
+        async with observed(args, "av-edge", lambda: sources, hosts):
+            try:
+                await edge.start()
+            except OSError as error:
+                raise EnvironmentProblem(str(error)) from None
+            # A dedicated server process: what was allocated until now (modules, the loop, the listeners) lives as
+            # long as the process, so keep it out of every later full collection (~6% of an allocation's CPU).
+            gc.collect()
+            gc.freeze()
+            assert edge.udp_address is not None and edge.tcp_address is not None
+            udp, tcp = edge.udp_address, edge.tcp_address
+            sys.stdout.write(f"av-edge ready udp={udp.host}:{udp.port} tcp={tcp.host}:{tcp.port}\n")
+            sys.stdout.flush()
+            await stop.wait()
+    except EnvironmentProblem as error:
+        return _environment_error("av-edge", error)
     finally:
         await edge.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -190,8 +304,4 @@ async def serve_av_edge(args: argparse.Namespace) -> int:
 def _cmd_serve_av_edge(args: argparse.Namespace, console: Any) -> int:
     import uvloop
 
-    try:
-        return uvloop.run(serve_av_edge(args))
-    except OSError as exc:
-        print(f"edgesim: av-edge: {exc}", file=sys.stderr)
-        return 1
+    return uvloop.run(serve_av_edge(args))

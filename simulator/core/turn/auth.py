@@ -33,6 +33,7 @@ class Authenticator:
         self._nonce_by_host: dict[str, tuple[int, str]] = {}  # host -> (expiry, nonce) last handed out
         self._good_nonces: dict[tuple[str, str], int] = {}  # (nonce, host) with a valid MAC -> expiry
         self._challenges: dict[tuple[str, int], tuple[int, bytes]] = {}  # (host, method) -> (expiry, 401)
+        self.failures: dict[str, int] = {}  # signed requests refused, by reason (the first 401 is no failure)
         alternate = config.alternate_host or config.public_host
         self._public_udp = Address(alternate, config.udp_port)
         self._public_tcp = Address(alternate, config.tcp_port)
@@ -120,18 +121,25 @@ class Authenticator:
         realm = msg.get(msturn.REALM if ms else stun.REALM)
         nonce = msg.get(msturn.NONCE if ms else stun.NONCE)
         if username is None or realm is None or nonce is None:
+            self._failed("missing_attributes")
             raise Reply(400, "Bad Request")  # RFC 8489 §9.2.4: MI without USERNAME/REALM/NONCE
         if not self.nonce_valid(nonce, req.client.host, now):
+            self._failed("stale_nonce")
             raise self.challenge(req, 438, now)  # RFC 8489 §9.2.4: stale nonce
         password = self.credentials.password_for(username, now)
         if password is None or realm != self.config.realm:
+            self._failed("unknown_user" if password is None else "wrong_realm")
             raise self.challenge(req, 401, now)
         version = msg.get(msturn.MS_VERSION) if ms else None
         key = self.key(ms, version, username, realm, password, nonce)
         if not stun.verify_integrity(msg, key):
+            self._failed("bad_integrity")
             raise self.challenge(req, 401, now)  # RFC 8489 §9.2.4: bad MESSAGE-INTEGRITY
         req.auth = Auth(username, key)
         req.integrity = msturn.integrity_for(version) if ms else stun.IntegrityAlgorithm.SHA1
+
+    def _failed(self, reason: str) -> None:
+        self.failures[reason] = self.failures.get(reason, 0) + 1
 
     def key(self, ms: bool, version: int | None, username: str, realm: str, password: str, nonce: str) -> bytes:
         """The long-term key (RFC 8489 §9.2.2) or the MS-TURN key of this MS-VERSION, cached."""

@@ -94,7 +94,7 @@ class FastPath(AllocationTable, ResponseWriter, BindingResponder):
         mi = found.get(stun.MESSAGE_INTEGRITY.code)
         if mi is None:
             self.metrics.requests += 1
-            self._count_error(401)
+            self._count_error(401, "allocate" if data[1] == ALLOCATE_REQUEST else "refresh")
             # RFC 8489 §9.2.4: no MESSAGE-INTEGRITY: 401 with REALM and NONCE.
             self.transmits.append((sink, self._auth.challenge_bytes(data, client[0], now), client))
             return True

@@ -26,6 +26,15 @@ _CACHED_METHODS: Final[frozenset[tuple[bool, int]]] = frozenset(
 )
 
 
+def method_name(ms: bool, method: int) -> str:
+    """A request method's name for the error counters: ``allocate``, ``ms_allocate``, ``0x00f`` if unknown."""
+    if ms and method in msturn.MsTurnMethod.__members__.values():
+        return "ms_" + msturn.MsTurnMethod(method).name.lower()
+    if method in TurnMethod.__members__.values():
+        return TurnMethod(method).name.lower()
+    return f"0x{method:03x}"
+
+
 class ResponseWriter(ServerState):
     """Responses, error responses and the response cache (a mixin of :class:`TurnServer`)."""
 
@@ -47,7 +56,7 @@ class ResponseWriter(ServerState):
         self._send(req.sink, data, req.client, req.stream is not None and req.stream.ms_framer is not None)
 
     def _reply_error(self, req: Request, reply: Reply, now: float) -> None:
-        self._count_error(reply.code)
+        self._count_error(reply.code, method_name(req.ms, req.msg.method))
         err = Attribute(stun.AttrType.ERROR_CODE, stun.ErrorCode(reply.code, reply.reason))
         if req.auth is None or reply.code in (401, 438):
             req.auth = None  # challenges are not signed (RFC 8489 §9.2.4)
@@ -64,7 +73,7 @@ class ResponseWriter(ServerState):
             out = msg.serialize()
         except ValueError:
             return
-        self._count_error(code)
+        self._count_error(code, method_name(ms, method))
         self._send(sink, out, client, self._is_ms_stream(sink))
 
     def _is_ms_stream(self, sink: Any) -> bool:
@@ -74,9 +83,11 @@ class ResponseWriter(ServerState):
     def _send(self, sink: Sink, data: bytes, client: Any, ms_framed: bool) -> None:
         self.transmits.append((sink, frame_control(data) if ms_framed else data, client))
 
-    def _count_error(self, code: int) -> None:
+    def _count_error(self, code: int, method: str) -> None:
         errors = self.metrics.errors
         errors[code] = errors.get(code, 0) + 1
+        by_method = self.metrics.errors_by_method
+        by_method[(method, code)] = by_method.get((method, code), 0) + 1
 
     def _cache_put(self, key: tuple[object, bytes], data: bytes, now: float) -> None:
         self._evict_cache(now)

@@ -116,7 +116,7 @@ class Rfc6062Handlers(AllocationTable, ResponseWriter):
                 (Attribute(stun.AttrType.ERROR_CODE, stun.ErrorCode(447, REASONS[447])),),
                 turn.RFC,
             )
-            self._count_error(447)
+            self._count_error(447, "connect")
             self.transmits.append((alloc.client_sink, resp.serialize(key=alloc.key_bytes), alloc.client))
 
     def receive_peer_stream(self, sink: Sink, data: bytes, now: float) -> None:

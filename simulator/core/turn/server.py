@@ -110,6 +110,7 @@ class TurnServer(FastPath, Rfc8656Handlers, Rfc6062Handlers, MsTurnHandlers, Bin
     ) -> None:
         self._auth = Authenticator(config, credentials, rng.randbytes(20))  # the nonce secret: rng's first draw
         super().__init__(config, credentials=credentials, ports=ports, relays=relays, rng=rng, udp_sink=udp_sink)
+        self.metrics.auth_failures = self._auth.failures  # one dict: the metrics show the authenticator's count
         self.fast_path = True  # RFC 8656 Allocate/Refresh without a Message (tests switch it off to compare)
         self._handlers: dict[tuple[bool, int], Callable[[Request, float], None]] = {
             (False, TurnMethod.ALLOCATE): self._allocate,

@@ -202,6 +202,8 @@ class TurnMetrics:
     cache_hits: int = 0
     bind_failures: int = 0
     errors: dict[int, int] = field(default_factory=dict)
+    errors_by_method: dict[tuple[str, int], int] = field(default_factory=dict)  # (method name, code) -> count
+    auth_failures: dict[str, int] = field(default_factory=dict)  # by reason: the Authenticator's own counter
 
 
 def as_address(value: Any) -> Address:

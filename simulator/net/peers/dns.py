@@ -85,6 +85,7 @@ class DnsServerCounters:
     dropped: int = 0  # unreadable header, a response sent to us, bad TCP framing
     tcp_connections: int = 0
     internal_errors: int = 0  # a bug in the responder; counted and logged, the listener survives
+    first_answers: Counter[tuple[str, str]] = field(default_factory=Counter)  # (name, first A address): DNS LB spread
 
 
 def qtype_name(qtype: int) -> str:
@@ -215,6 +216,9 @@ class DnsResponder:
             self._shuffle_a_records(answers)
         for record in answers:
             _add_record(response, response.answer, record)
+        first = next((record for record in answers if isinstance(record, ARecord)), None)
+        if first is not None:
+            self.counters.first_answers[(question.name.to_text().rstrip(".").lower(), first.address)] += 1
         for record in result.additionals:
             _add_record(response, response.additional, record)
         return response

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import random
 import ssl
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TypeAlias
 
@@ -110,6 +111,7 @@ class SipProxy:
         self._layer = self.core.layer  # its timers_started counter, read after every call into the core
         self.timer = ElementTimer(self.core.get_timer, self.core.timers_started, self._on_timer)
         self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, looked up once
+        self.responses_sent: Counter[int] = Counter()  # responses written (answered or relayed), by status code
 
     def _clock(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
@@ -276,7 +278,10 @@ class SipProxy:
             connection = out.peer
             if connection.closed:
                 continue  # the request's connection is gone: nowhere to answer (RFC 3261 §18.2.2)
-            connection.write(out.message.encode())
+            message = out.message
+            connection.write(message.encode())
+            if isinstance(message, SipResponse):
+                self.responses_sent[message.status] += 1
             if connection not in written:
                 written.append(connection)
         return written

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from pathlib import Path
 
@@ -32,6 +33,22 @@ _ALERT_REASONS: dict[str, Reason] = {
 }
 
 
+# Where every context made below writes its TLS secrets (NSS key log format, for Wireshark): the SSLKEYLOGFILE
+# environment variable, as browsers and curl honour it, or ``--keylog`` (set_keylog_file) before any context is made.
+_keylog_file: str | None = os.environ.get("SSLKEYLOGFILE") or None
+
+
+def set_keylog_file(path: str | os.PathLike[str] | None) -> None:
+    """Make every client and server context built from now on append its TLS secrets to ``path`` (None: stop)."""
+    global _keylog_file
+    _keylog_file = None if path is None else os.fspath(path)
+
+
+def keylog_file() -> str | None:
+    """The key log file new contexts write to, if any."""
+    return _keylog_file
+
+
 def classify_tls_error(error: BaseException) -> Reason:
     """The reason code for a failed TLS handshake or a TLS alert received later."""
     if isinstance(error, ssl.SSLCertVerificationError):
@@ -52,6 +69,8 @@ def server_context(cert_chain: Path, key: Path, ca: Path, crl: Path | None = Non
     """A listener's context; with ``require_client_cert`` it is mutual TLS, checked against the CRL."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if _keylog_file is not None:
+        context.keylog_filename = _keylog_file
     context.load_cert_chain(cert_chain, key)
     if require_client_cert:
         context.verify_mode = ssl.CERT_REQUIRED
@@ -67,6 +86,8 @@ def client_context(ca: Path, cert_chain: Path | None = None, key: Path | None = 
     """A client's context: the server must present a lab-CA certificate naming the host we dialled."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if _keylog_file is not None:
+        context.keylog_filename = _keylog_file
     context.load_verify_locations(cafile=ca)
     if crl is not None:
         context.load_verify_locations(cafile=crl)
