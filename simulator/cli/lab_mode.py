@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simulator.cli.serve import run_until_stopped, wait_for_stop
+from simulator.cli.serve import EnvironmentProblem, add_observability, observed, run_until_stopped, wait_for_stop
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -136,6 +136,7 @@ def add_lab_serve_parsers(serve: argparse._SubParsersAction[argparse.ArgumentPar
         parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
         parser.add_argument("--observations", metavar="FILE",
                             help="write what reached this side (JSON) on exit, and at SIGUSR1")
+        add_observability(parser, tls=True)
         parser.set_defaults(handler=_cmd_serve_side, side=side)
 
 
@@ -157,15 +158,22 @@ async def _serve_side(args: argparse.Namespace) -> int:
                 "started": started.isoformat(), "finished": dt.datetime.now(dt.UTC).isoformat(),
                 "arrivals": lab.arrivals()})
 
-    async with lab:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGUSR1, dump)  # write what arrived so far, keep serving
-        try:
-            print(f"{args.side} ready" + (f" node={node}" if node else ""), flush=True)
-            await wait_for_stop(args.duration)
-        finally:
-            loop.remove_signal_handler(signal.SIGUSR1)
-        dump()
+    from simulator.lab.metrics import lab_sources
+
+    hosts = sorted({address for address, _what in side_addresses(scenario, args.side, node)})
+    try:
+        # deployed sides sit on real interfaces: --pcap captures on all of them, filtered to this side's addresses
+        async with observed(args, f"serve {args.side}", lambda: lab_sources(lab), hosts, interface="any"), lab:
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGUSR1, dump)  # write what arrived so far, keep serving
+            try:
+                print(f"{args.side} ready" + (f" node={node}" if node else ""), flush=True)
+                await wait_for_stop(args.duration)
+            finally:
+                loop.remove_signal_handler(signal.SIGUSR1)
+            dump()
+    except EnvironmentProblem as error:
+        raise LabModeError(str(error), EXIT_ENVIRONMENT) from None
     return 0
 
 

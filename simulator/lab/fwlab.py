@@ -147,6 +147,7 @@ class SplitLab:
         self.pki = work / "pki"
         self.probe_timeout = probe_timeout
         self.servers: list[tuple[str, subprocess.Popen[str]]] = []
+        self.said: list[str] = []  # what the servers printed before "ready"
 
     def build(self) -> None:
         self.net.build()
@@ -202,7 +203,7 @@ class SplitLab:
         return ["ip", "netns", "exec", self.net.ns[side], *_edgesim(*args)]
 
     def _start(self, side: str, kind: str, *extra: str) -> tuple[Path, subprocess.Popen[str]]:
-        observations = self.tmp / f"observed-{kind}{'-' + extra[-1] if extra else ''}.json"
+        observations = self.tmp / f"observed-{kind}{'-' + extra[1] if extra[:1] == ('--node',) else ''}.json"
         observations.unlink(missing_ok=True)
         argv = self._in(side, "serve", kind, str(self.scenario_file), "--pki", str(self.pki), "--observations",
                         str(observations), *extra)
@@ -212,21 +213,37 @@ class SplitLab:
         return observations, process
 
     def _ready(self, kind: str, process: subprocess.Popen[str]) -> None:
+        """Wait for ``<kind> ready``; lines before it (``metrics URL``) are kept in :attr:`said`. Reads the pipe's
+        descriptor directly: a buffered readline could take both lines at once and leave select() waiting."""
         assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], READY_WAIT)
-        line = process.stdout.readline().strip() if ready else ""
-        if not line.startswith(f"{kind} ready"):
-            process.kill()
-            _, err = process.communicate(timeout=10)
-            raise FirewallLabError(f"serve {kind} did not start: {line!r}\n{err[-3000:]}")
+        fd = process.stdout.fileno()
+        deadline = time.monotonic() + READY_WAIT
+        pending = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(fd, 4096) if ready else b""
+            if not chunk:
+                break  # timed out, or the server ended
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace").strip()
+                if line.startswith(f"{kind} ready"):
+                    return
+                if line:
+                    self.said.append(line)
+        process.kill()
+        _, err = process.communicate(timeout=10)
+        raise FirewallLabError(f"serve {kind} did not start: {pending.decode(errors='replace')!r}\n{err[-3000:]}")
 
-    def serve_all(self) -> list[Path]:
+    def serve_all(self, metrics: str | None = None) -> list[Path]:
         """Both Edge nodes in dmz first (the Front End links to them at start), then the internal and the external
-        side; returns the observation files."""
+        side; returns the observation files. ``metrics``: ADDR:PORT for the external side's ``--metrics``."""
         edges = [self._start("dmz", "edge", "--node", node.name) for node in self.scenario.edge_pool.nodes]
         for _, process in edges:
             self._ready("edge", process)
-        others = [("internal", self._start("int", "internal")), ("external", self._start("ext", "external"))]
+        external = ("--metrics", metrics) if metrics else ()
+        others = [("internal", self._start("int", "internal")), ("external", self._start("ext", "external", *external))]
         for kind, (_, process) in others:
             self._ready(kind, process)
         return [path for path, _ in edges] + [path for _, (path, _) in others]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,9 +53,20 @@ def split_lab(tmp_path: Path) -> Iterator[SplitLab]:
 
 def test_every_rule_passes_on_both_nodes_across_a_real_firewall(split_lab: SplitLab) -> None:
     split_lab.load()
-    observed = split_lab.serve_all()
+    metrics = f"{split_lab.net.ext_client}:19641"
+    observed = split_lab.serve_all(metrics=metrics)
+    assert f"metrics http://{metrics}/metrics" in split_lab.said
     sides = split_lab.probe_all(load=True)
     split_lab.snapshot(observed)  # SIGUSR1: what arrived so far, while serving goes on
+    # the external side's live metrics, scraped where they are served: valid exposition (promtool), and the partner
+    # DNS server's answers counted per pool member after the probes and the load looked the pool up
+    exposition = split_lab.net.run_in("ext", [sys.executable, "-c", "import sys, urllib.request; sys.stdout.write("
+                                              f"urllib.request.urlopen('http://{metrics}/metrics', timeout=5)"
+                                              ".read().decode())"])
+    promtool = subprocess.run([require_tool("promtool"), "check", "metrics"], input=exposition, capture_output=True,
+                              text=True, timeout=30, check=False)
+    assert promtool.returncode == 0, promtool.stdout + promtool.stderr
+    assert "edgesim_dns_answers_total{" in exposition, exposition[:3000]
     assert all(json.loads(path.read_text())["arrivals"] for path in observed)
     split_lab.stop_servers()
     files = sorted(split_lab.tmp.glob("side-*.json")) + observed
