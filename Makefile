@@ -5,7 +5,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SCENARIO ?= scenarios/lync2013-scaled-edge-dns-nat.yaml
-REPORT_DIR ?= reports/latest
 PYTEST_ARGS ?=
 
 .PHONY: run test bench lint venv clean
@@ -19,7 +18,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/edgesim run $(SCENARIO) --report-dir $(REPORT_DIR)
+	$(BIN)/edgesim run $(SCENARIO)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

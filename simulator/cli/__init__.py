@@ -12,9 +12,13 @@ import json
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
+from simulator.cli.bench import add_bench_parser
+from simulator.cli.errors import EXIT_CODES_EPILOG, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from simulator.cli.lab_mode import add_lab_serve_parsers, add_probe_parser, add_report_parser, add_sweep_parser
+from simulator.cli.report import add_report_show_parser, report_actions
+from simulator.cli.run_args import add_run_arguments
 from simulator.cli.scenarios import default_scenario
 from simulator.cli.serve import add_serve_parsers
 from simulator.spec.rules import Table as RuleTable
@@ -58,6 +62,7 @@ def _cmd_rules(args: argparse.Namespace, console: Console) -> int:
         print("edgesim: --scenario, --leave-out, --drop-return, --reject, --snat-inbound, --no-hairpin and "
               "--external-interface go with --firewall", file=sys.stderr)
         return 2
+    from rich import box
     from rich.table import Table
 
     from simulator.spec.rules import rules_for_table
@@ -65,6 +70,16 @@ def _cmd_rules(args: argparse.Namespace, console: Console) -> int:
     rules = rules_for_table(args.table)
     if args.json:
         print(json.dumps([rule.to_dict() for rule in rules], indent=2))
+        return 0
+    if console.width < 160:  # a narrow terminal: one flow column, source and destination folded at words
+        table = Table(title=f"{len(rules)} documented Edge rules", header_style="bold", box=box.SIMPLE_HEAD,
+                      pad_edge=False, title_justify="left")
+        for column in ("id", "table", "flow", "source", "destination"):
+            table.add_column(column, overflow="fold", no_wrap=column == "id")
+        for rule in rules:
+            table.add_row(rule.id, str(rule.table), f"{rule.protocol}/{rule.transport} {rule.ports} {rule.direction}",
+                          rule.source, rule.destination)
+        console.print(table)
         return 0
     table = Table(title=f"{len(rules)} documented Edge rules", header_style="bold")
     for column in ("id", "table", "if", "service", "protocol", "transport", "port", "dir", "source",
@@ -110,22 +125,24 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     return asyncio.run(run(args, console))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (exit 2) instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgesim", description="Lync Server 2013 / Skype for Business Edge "
-                                     "pool lab: replay every documented Edge flow, one verdict per rule.")
+    parser: argparse.ArgumentParser = _Parser(
+        prog="edgesim", description="Lync Server 2013 / Skype for Business Edge pool lab: replay every documented "
+        "Edge flow, one verdict per rule.", epilog=EXIT_CODES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"edgesim {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="build the lab of a scenario, probe its rules, report verdicts")
-    run.add_argument("file", nargs="?", default=None, help="scenario file (default: the shipped 2-node scaled "
-                     "consolidated Edge scenario)")
-    run.add_argument("--report-dir", default="reports/latest", help="where report.json is written")
-    run.add_argument("--rules", nargs="+", metavar="ID", help="only these rule ids")
-    run.add_argument("--timeout", type=float, help="seconds per probe step (default: the scenario's)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("--no-load", action="store_true", help="probe the rules only; skip load phases and events")
-    run.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
-                     help="event loop (default uvloop; the test suite runs the lab on asyncio's)")
+    run = commands.add_parser("run", help="build the lab of a scenario, probe its rules, report verdicts",
+                              epilog=EXIT_CODES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(run)
     run.set_defaults(handler=_cmd_run)
 
     rules = commands.add_parser("rules", help="list the 38 documented rules")
@@ -162,25 +179,47 @@ def build_parser() -> argparse.ArgumentParser:
     add_lab_serve_parsers(kinds)
     add_probe_parser(commands)
     add_report_parser(commands)
+    add_report_show_parser(parser)
     add_sweep_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _console() -> Console:
+    """A terminal's width when there is one, else $COLUMNS, else 120 (a pipe or a CI log)."""
+    import os
+
     from rich.console import Console
 
+    console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(width=120)
+    return console
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     from simulator.spec.loader import ScenarioError
 
-    args = build_parser().parse_args(argv)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
+    parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if len(arguments) >= 2 and arguments[0] == "report" and not arguments[1].startswith("-") \
+            and arguments[1] not in report_actions(parser):
+        arguments.insert(1, "show")  # `edgesim report FILE …` is `edgesim report show FILE …`
+    args = parser.parse_args(arguments)
+    console = _console()
     try:
         code: int = args.handler(args, console)
     except ScenarioError as error:
         for problem in error.problems:
             print(f"edgesim: {problem}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except CliError as error:
+        print(f"edgesim: {error.message}", file=sys.stderr)
+        return error.code
+    except OSError as error:  # a file or address problem no handler foresaw: still one line, exit 3
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"edgesim: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     return code

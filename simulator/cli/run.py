@@ -1,34 +1,185 @@
-"""``edgesim run``: build the embedded lab of a scenario, probe its rules, run its load, report."""
+"""``edgesim run``: build the embedded lab of a scenario, probe its rules, run its load, report.
+
+Everything that can stop the run is checked before the lab starts: option values (exit 2), the output
+folder and JUnit file (writable, not another run's: exit 2/3), and the lab's loopback addresses (exit 3 when
+``--lab-prefix`` is busy; a busy scenario prefix makes the run move to a free one and say so).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import datetime as dt
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from simulator.cli.errors import (
+    EXIT_MISMATCH,
+    EXIT_OK,
+    EnvironmentFault,
+    UsageError,
+    busy_address,
+    check_writable_file,
+    check_writable_folder,
+    environment_fault,
+    positive,
+)
 from simulator.cli.scenarios import default_scenario
+from simulator.lab.addressing import AddressPlan, PortMap
 from simulator.lab.topology import Lab
+from simulator.report.junit import write_junit
 from simulator.report.model import build_report
-from simulator.report.render import render_table, write_json
+from simulator.report.outputs import LATEST, FolderTaken, choose_folder, point_latest, write_run
+from simulator.report.render import print_summary, render_table
 from simulator.scenario.load import check_load, run_load
+from simulator.scenario.load_sampler import LoadSampler
 from simulator.scenario.runner import RuleResult, run_rules
 from simulator.spec.loader import load_scenario
 from simulator.spec.rules import RULES_BY_ID
+from simulator.spec.schema import Scenario
+
+REPORTS_ROOT = Path("reports")
+PREFIX_CANDIDATES = 32  # how many other /16s a run tries when its scenario's is busy
 
 
-async def run(args: argparse.Namespace, console: Console) -> int:
+@dataclass(frozen=True, slots=True)
+class Plan:
+    scenario: Scenario
+    rule_ids: list[str]
+    folder: Path
+    default_folder: bool  # reports/<run>/ with reports/latest pointing at it
+    created: bool  # this run made the folder: a run that fails before writing leaves no empty folder behind
+
+
+def _with_prefix(scenario: Scenario, prefix: str) -> Scenario:
+    return scenario.model_copy(update={"lab": scenario.lab.model_copy(update={"loopback_prefix": prefix})})
+
+
+def lab_addresses(scenario: Scenario) -> list[tuple[str, int, str]]:
+    """What a lab binds first and most surely: its DNS server (UDP, TCP) and each node's SIP listeners."""
+    plan = AddressPlan.for_scenario(scenario)
+    port_map = PortMap.for_this_process(scenario.lab.privileged_port_offset)
+    dns = plan.host("dns").address
+    wanted = [(dns, port_map(53), "udp"), (dns, port_map(53), "tcp")]
+    for node in scenario.edge_pool.nodes:
+        wanted.append((plan.host(f"{node.name}-internal").address, 5061, "tcp"))
+        wanted.append((plan.host(f"{node.name}-access-public").address, port_map(443), "tcp"))
+    return wanted
+
+
+def free_prefix(scenario: Scenario, explicit: bool) -> tuple[Scenario, str | None]:
+    """The scenario on a loopback /16 whose lab addresses are free, and a note when it moved; EnvironmentFault
+    when ``explicit`` (--lab-prefix) and that one is busy, or when no candidate is free."""
+    busy = busy_address(lab_addresses(scenario))
+    if busy is None:
+        return scenario, None
+    prefix = scenario.lab.loopback_prefix
+    if explicit:
+        raise EnvironmentFault(f"lab prefix {prefix} is busy (another edgesim run?), {busy}")
+    second = int(prefix.split(".")[1])
+    for step in range(1, PREFIX_CANDIDATES + 1):
+        candidate = f"127.{(second - 1 + step) % 255 + 1}"
+        moved = _with_prefix(scenario, candidate)
+        if busy_address(lab_addresses(moved)) is None:
+            return moved, f"lab prefix {prefix} is busy (another run?), using {candidate}.0.0/16 instead; {busy}"
+    raise EnvironmentFault(f"lab prefix {prefix} and the next {PREFIX_CANDIDATES} are busy, {busy}; stop the other "
+                           "runs or pass --lab-prefix 127.N")
+
+
+def prepare(args: argparse.Namespace) -> Plan:
+    """Check every option and the environment before the lab starts (UsageError, EnvironmentFault)."""
+    positive(args.timeout, "--timeout")
     scenario = load_scenario(args.file or default_scenario())
+    if args.lab_prefix is not None:
+        try:
+            scenario = _with_prefix(scenario, args.lab_prefix)
+            type(scenario.lab).model_validate(scenario.lab.model_dump())
+        except ValueError:
+            raise UsageError(f"--lab-prefix {args.lab_prefix}: use 127.N with N from 1 to 255") from None
     rule_ids = scenario.selected_rules
     if args.rules:
         unknown = [rule for rule in args.rules if rule not in RULES_BY_ID]
         if unknown:
-            print(f"edgesim: unknown rule ids: {', '.join(unknown)}", file=sys.stderr)
-            return 2
+            raise UsageError(f"unknown rule ids: {', '.join(unknown)} (see `edgesim rules`)")
         rule_ids = [rule for rule in rule_ids if rule in set(args.rules)]
+        if not rule_ids:
+            raise UsageError(f"none of {', '.join(args.rules)} is selected by the scenario's 'rules'")
     started = dt.datetime.now(dt.UTC)
+    out = args.out
+    if out is not None and Path(out).absolute() == (REPORTS_ROOT / LATEST).absolute():
+        out = None  # `--out reports/latest` (edgesim before run folders): a new run folder, latest points at it
+    if out is not None:  # another run's folder is a usage error, found before any environment check
+        try:
+            choose_folder(out, scenario.name, started, args.force, REPORTS_ROOT)
+        except FolderTaken as error:
+            raise UsageError(str(error)) from None
+    if args.junit is not None:
+        check_writable_file(Path(args.junit))
+    scenario, note = free_prefix(scenario, explicit=args.lab_prefix is not None)
+    try:
+        created = out is None or not Path(out).exists()
+        folder = choose_folder(out, scenario.name, started, args.force, REPORTS_ROOT)
+    except FolderTaken as error:
+        raise UsageError(str(error)) from None
+    except OSError as error:
+        raise environment_fault(error, f"cannot write to {REPORTS_ROOT}") from None
+    check_writable_folder(folder)
+    if note is not None:
+        print(f"edgesim: {note}", file=sys.stderr)
+    return Plan(scenario, rule_ids, folder, out is None, created)
+
+
+async def run(args: argparse.Namespace, console: Console) -> int:
+    plan = prepare(args)
+    scenario = plan.scenario
+    started = dt.datetime.now(dt.UTC)
+    from simulator.net.transport import capture
+
+    try:
+        capture.prepare_keylog(args.keylog)  # before the lab builds any TLS context
+        async with contextlib.AsyncExitStack() as stack:
+            if args.pcap:
+                prefix = f"{scenario.lab.loopback_prefix}.0.0/16"
+                await stack.enter_async_context(capture.capture(args.pcap, prefix))
+            report = await _run_lab(args, console, scenario, plan.rule_ids, started)
+    except capture.CaptureError as error:  # no tcpdump/dumpcap, no privilege, a file not writable
+        _forget(plan)
+        raise EnvironmentFault(str(error)) from None
+    except OSError as error:  # a lab address taken between the check and the start, a file limit …
+        _forget(plan)
+        raise environment_fault(error, "the lab could not start or run") from None
+    except BaseException:
+        _forget(plan)
+        raise
+    doc = report.to_dict()
+    render_table(doc, console, details=args.details, summary=False)
+    try:
+        written = write_run(doc, plan.folder)
+        if plan.default_folder:
+            point_latest(plan.folder, REPORTS_ROOT)
+        if args.junit is not None:
+            written.append(write_junit(doc, Path(args.junit)))
+    except OSError as error:
+        raise environment_fault(error, f"cannot write the report to {plan.folder}") from None
+    console.print(f"report: {plan.folder}/ ({', '.join(path.name for path in written)})", overflow="fold")
+    print_summary(doc, console)
+    return EXIT_OK if report.all_match else EXIT_MISMATCH
+
+
+def _forget(plan: Plan) -> None:
+    if plan.created:
+        with contextlib.suppress(OSError):
+            plan.folder.rmdir()  # only when still empty
+
+
+async def _run_lab(args: argparse.Namespace, console: Console, scenario: Scenario, rule_ids: list[str],
+                   started: dt.datetime) -> Any:
     async with Lab(scenario) as lab:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=True,
@@ -41,16 +192,19 @@ async def run(args: argparse.Namespace, console: Console) -> int:
             results = await run_rules(lab, rule_ids, args.timeout, advance)
             load: dict[str, object] | None = None
             problems: tuple[str, ...] = ()
+            intervals: tuple[dict[str, Any], ...] = ()
             if scenario.load and not args.no_load:
                 phase = progress.add_task("load phases", total=None)
-                outcome = await run_load(lab, args.timeout)
+                sampler = LoadSampler(lab)
+                sampling = asyncio.create_task(sampler.run())
+                try:
+                    outcome = await run_load(lab, args.timeout)
+                finally:
+                    await sampler.stop(sampling)
+                intervals = tuple(sampler.intervals())
                 progress.update(phase, completed=1, total=1)
                 stopped = {e["stop_node"] for e in outcome.events if e["service"] in ("all", "access")}
                 load = outcome.to_dict([n.name for n in scenario.edge_pool.nodes], stopped)
                 problems = tuple(check_load(outcome, scenario))
-        report = build_report(scenario, lab.plan, lab.port_map, results, started, dt.datetime.now(dt.UTC), load,
-                              problems)
-    render_table(report, console)
-    path = write_json(report, args.report_dir)
-    console.print(f"report: {path}")
-    return 0 if report.all_match else 1
+        return build_report(scenario, lab.plan, lab.port_map, results, started, dt.datetime.now(dt.UTC), load,
+                            problems, intervals)

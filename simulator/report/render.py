@@ -1,4 +1,10 @@
-"""Renderers of a :class:`Report`: the terminal table (rich) and report.json."""
+"""Renderers of a report: the terminal table (rich) and report.json.
+
+Every renderer reads the report.json document (``Report.to_dict()``), so a saved report renders the same as a
+fresh one. The terminal table fits 80 columns: one short row per rule — rules that differ from the scenario's
+expectations first, then failures, blocked and unprobed rules, then passes — with the probe details below it
+(for the rules that differ; for every rule with ``details=True``), wrapped at word boundaries, and one summary line.
+"""
 
 from __future__ import annotations
 
@@ -6,51 +12,117 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from simulator.outcome import Verdict
 from simulator.report.model import Report
+from simulator.report.text import plain
 
-_STYLE = {Verdict.PASS: "bold green", Verdict.FAIL: "bold red", Verdict.BLOCKED: "yellow",
-          Verdict.UNIMPLEMENTED: "dim"}
+_STYLE = {"pass": "bold green", "fail": "bold red", "blocked": "yellow", "unimplemented": "dim"}
+_ORDER = {"fail": 0, "blocked": 1, "unimplemented": 2, "pass": 3}
+VERDICTS = ("pass", "fail", "blocked", "unimplemented")
 
 
-def render_table(report: Report, console: Console) -> None:
-    table = Table(title=f"edgesim — {report.scenario.name}", show_lines=False, header_style="bold")
-    for column in ("rule", "table", "protocol", "port", "dir", "verdict", "reason / blocked by", "expected",
-                   "detail"):
-        table.add_column(column, overflow="fold" if column == "detail" else "ellipsis",
-                         max_width=60 if column == "detail" else None)
-    for entry in report.rules:
-        result, rule = entry.result, entry.result.rule
-        why = result.reason or (f"by {result.blocked_by}" if result.blocked_by else "")
-        mark = Text("✓ " + entry.expected, style="green") if entry.matches else Text("✗ " + entry.expected,
-                                                                                       style="bold red")
-        table.add_row(rule.id, str(rule.table), f"{rule.protocol}/{rule.transport}", str(rule.ports),
-                      str(rule.direction), Text(str(result.verdict), style=_STYLE[result.verdict]), why, mark,
-                      result.detail if result.verdict is not Verdict.UNIMPLEMENTED else "")
+def document(report: Report | dict[str, Any]) -> dict[str, Any]:
+    return report.to_dict() if isinstance(report, Report) else report
+
+
+def ordered_rules(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rules that differ from expectations first, then by verdict (fail, blocked, unimplemented, pass), then in
+    catalog order."""
+    rules = list(doc["rules"])
+    return sorted(rules, key=lambda r: (bool(r["matches_expectation"]), _ORDER.get(r["verdict"], 9),
+                                        rules.index(r)))
+
+
+def why(rule: dict[str, Any]) -> str:
+    if rule.get("reason"):
+        return str(rule["reason"])
+    if rule.get("blocked_by"):
+        return f"by {rule['blocked_by']}"
+    return ""
+
+
+def counts(doc: dict[str, Any]) -> dict[str, int]:
+    found = dict.fromkeys(VERDICTS, 0)
+    for rule in doc["rules"]:
+        found[rule["verdict"]] = found.get(rule["verdict"], 0) + 1
+    return found
+
+
+def all_match(doc: dict[str, Any]) -> bool:
+    return all(rule["matches_expectation"] for rule in doc["rules"]) and not doc.get("load_problems")
+
+
+def summary_line(doc: dict[str, Any]) -> str:
+    found = counts(doc)
+    text = ", ".join(f"{count} {name}" for name, count in found.items())
+    differ = sum(not rule["matches_expectation"] for rule in doc["rules"])
+    if all_match(doc):
+        verdict = "all verdicts as expected"
+    elif differ:
+        verdict = f"{differ} differ{'s' if differ == 1 else ''} from expected"  # fits 80 columns with 38 rules
+    else:
+        verdict = "load not as expected"
+    return f"{len(doc['rules'])} rules: {text} — {verdict}"
+
+
+def render_table(report: Report | dict[str, Any], console: Console, details: bool = False,
+                 summary: bool = True) -> None:
+    """The verdict table, the details, the load phases and (``summary``) the one-line summary."""
+    doc = document(report)
+    table = Table(title=f"edgesim — {doc['scenario']}", box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False,
+                  title_justify="left")
+    table.add_column("rule", no_wrap=True)
+    table.add_column("flow", overflow="fold")
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("reason", overflow="fold")
+    table.add_column("expected", overflow="fold")
+    for rule in ordered_rules(doc):
+        flow = f"{rule['protocol']}/{rule['transport']} {rule['ports']} {rule['direction']}"
+        mark = Text("✓ " + rule["expected"], style="green") if rule["matches_expectation"] else \
+            Text("✗ " + rule["expected"], style="bold red")
+        table.add_row(rule["id"], flow, Text(rule["verdict"], style=_STYLE.get(rule["verdict"], "")), why(rule), mark)
     console.print(table)
-    counts = report.counts()
-    summary = ", ".join(f"{count} {name}" for name, count in counts.items())
-    verdict = "[green]all verdicts as expected[/]" if report.all_match else "[bold red]verdicts differ from the " \
-        "scenario's expectations[/]"
-    if report.load is not None:
-        render_load(report.load, console)
-    for problem in report.load_problems:
-        console.print(f"[bold red]load: {problem}[/]")
-    console.print(f"{len(report.rules)} rules: {summary} — {verdict}")
+    shown = [rule for rule in ordered_rules(doc) if details or not rule["matches_expectation"]]
+    if shown:
+        console.print(Text("details" if details else "details of the rules that differ (all: --details)",
+                           style="bold"))
+    for rule in shown:
+        head = Text(f"{rule['id']} {rule['verdict']}", style=_STYLE.get(rule["verdict"], ""))
+        if why(rule):
+            head.append(f" ({why(rule)})")
+        head.append(": ")
+        head.append(plain(rule.get("detail") or "—"))
+        console.print(head, overflow="fold")
+    if doc.get("load") is not None:
+        render_load(doc["load"], console)
+    for problem in doc.get("load_problems", []):
+        console.print(Text(f"load: {plain(problem)}", style="bold red"), overflow="fold")
+    if summary:
+        print_summary(doc, console)
+
+
+def print_summary(doc: dict[str, Any], console: Console) -> None:
+    console.print(Text(summary_line(doc), style="green" if all_match(doc) else "bold red"), overflow="fold")
 
 
 def render_load(load: dict[str, Any], console: Console) -> None:
     """Per population: sign-ins, spread over the nodes, re-homed and lost users; failover percentiles."""
-    table = Table(title="load phases", header_style="bold")
-    for column in ("population", "sessions", "signed in", "spread over nodes", "on stopped node", "re-homed", "lost"):
-        table.add_column(column)
+    table = Table(title="load phases", box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False,
+                  collapse_padding=True, title_justify="left")
+    table.add_column("population", no_wrap=True)
+    widest = max((len(f"{node} {count} (100%)") for population in load["populations"].values()
+                  for node, count in population["spread"].items()), default=0)
+    for column in ("users", "signed in", "spread over nodes", "on stopped", "re-homed", "lost"):
+        # the counts and their headers keep one line; the spread has one line per node and a folded header
+        folded = column == "spread over nodes"
+        table.add_column(column, overflow="fold", no_wrap=not folded, min_width=widest if folded else None)
     for name, population in load["populations"].items():
         signed = max(1, population["signed_in"])
-        spread = ", ".join(f"{node} {count} ({count / signed:.0%})" for node, count in population["spread"].items())
+        spread = "\n".join(f"{node} {count} ({count / signed:.0%})" for node, count in population["spread"].items())
         table.add_row(name, str(population["sessions"]), str(population["signed_in"]), spread,
                       str(population["on_stopped_nodes"]), str(population["rehomed"]), str(population["lost"]))
     console.print(table)
@@ -58,14 +130,14 @@ def render_load(load: dict[str, Any], console: Console) -> None:
         console.print(f"event at {event['applied_at']} s: stopped {event['service']} on {event['stop_node']}")
     failover = load["failover"]
     if failover.get("count"):
-        console.print(f"failover time over {failover['count']} re-homed users: p50 {failover['p50_ms']:.1f} ms, "
-                      f"p90 {failover['p90_ms']:.1f} ms, p99 {failover['p99_ms']:.1f} ms, "
-                      f"max {failover['max_ms']:.1f} ms")
+        console.print(f"failover of {failover['count']} re-homed users: p50 {failover['p50_ms']:.1f}, "
+                      f"p90 {failover['p90_ms']:.1f}, p99 {failover['p99_ms']:.1f}, max {failover['max_ms']:.1f} ms",
+                      overflow="fold")
 
 
-def write_json(report: Report, folder: str | Path) -> Path:
+def write_json(report: Report | dict[str, Any], folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "report.json"
-    path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(document(report), indent=2) + "\n", encoding="utf-8")
     return path

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from simulator.spec.schema import Scenario
+from simulator.spec.schema import CrossReferenceError, Scenario
 
 PathKey = tuple[str | int, ...]
 
@@ -105,6 +105,13 @@ def load_scenario_text(text: str, file: str = "<scenario>") -> Scenario:
     except ValidationError as error:
         problems = []
         for item in error.errors():
+            cause = (item.get("ctx") or {}).get("error")
+            if isinstance(cause, CrossReferenceError):  # each field it names has its own line
+                prefix = tuple(part for part in item["loc"] if isinstance(part, str | int))
+                for path, text in cause.problems:
+                    line, column = positions.locate((*prefix, *path))
+                    problems.append(ScenarioProblem(file, line, column, _dotted((*prefix, *path)), text))
+                continue
             location = tuple(part for part in item["loc"] if isinstance(part, str | int))
             # pydantic adds the tag of a union member ("list[str]", "literal['all']") to the path: drop it.
             location = tuple(part for part in location if not (isinstance(part, str) and "[" in part))

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from simulator.outcome import Verdict
 from simulator.spec.deployment import Deployment
-from simulator.spec.rules import RULES_BY_ID
+from simulator.spec.rules import RULES_BY_ID, Direction, Interface
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
@@ -252,20 +252,48 @@ class LabSpec(_Model):
 
 
 RuleId = Annotated[str, Field(description="a rule id of port-tables.md, e.g. E6")]
-_EXPECT = re.compile(r"^(pass|fail|blocked|unimplemented)(:[a-z0-9-]+)?$")
+_EXPECT = re.compile(r"^(pass|fail|blocked|unimplemented)(:[a-z0-9-]+|(?<=blocked):[A-Z]\d{1,2})?$")
 
 
-def _check_deployment(deployment: Deployment, node_names: set[str], client_names: set[str]) -> None:
+FieldPath = tuple[str | int, ...]
+
+
+class CrossReferenceError(ValueError):
+    """Fields that name things the scenario does not have (or cannot use), each with its own path so the loader
+    can point at the field's line: ``problems`` is ``[(path, message), …]``."""
+
+    def __init__(self, problems: list[tuple[FieldPath, str]]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+
+
+# What a load phase does to its population (simulator.scenario.load): remote users sign in through the Access Edge.
+LOAD_ROLES = frozenset({ClientRole.REMOTE_USER})
+
+
+def external_listening_ports(offset: int) -> dict[int, str]:
+    """Ports the Edge listens on at its external interface (from the rule catalog) → the rule ids, with the port a
+    port below 1024 moves to in an unprivileged embedded lab (``port + offset``)."""
+    ports: dict[int, str] = {}
+    for rule in RULES_BY_ID.values():
+        first = rule.ports.first
+        if rule.interface is Interface.EXTERNAL and rule.direction is Direction.IN and first == rule.ports.last:
+            for port in {first, first + offset if first < 1024 else first}:
+                ports[port] = f"{ports[port]}, {rule.id}" if port in ports else rule.id
+    return ports
+
+
+def _deployment_problems(deployment: Deployment, node_names: set[str],
+                         client_names: set[str]) -> list[tuple[FieldPath, str]]:
     """Every pool node and client population is placed, and nothing the scenario does not have."""
-    problems = []
-    for what, placed, known in (("node", set(deployment.nodes), node_names),
-                                ("client population", set(deployment.clients), client_names)):
+    problems: list[tuple[FieldPath, str]] = []
+    for what, key, placed, known in (("node", "nodes", set(deployment.nodes), node_names),
+                                     ("client population", "clients", set(deployment.clients), client_names)):
         if missing := sorted(known - placed):
-            problems.append(f"deployment: no addresses for {what}s {', '.join(missing)}")
-        if unknown := sorted(placed - known):
-            problems.append(f"deployment: the scenario has no {what} named {', '.join(unknown)}")
-    if problems:
-        raise ValueError("; ".join(problems))
+            problems.append((("deployment", key), f"deployment: no addresses for {what}s {', '.join(missing)}"))
+        for unknown in sorted(placed - known):
+            problems.append((("deployment", key, unknown), f"deployment: the scenario has no {what} named {unknown}"))
+    return problems
 
 
 class Scenario(_Model):
@@ -295,36 +323,63 @@ class Scenario(_Model):
     def _known_rules(cls, rules: Literal["all"] | list[str]) -> Literal["all"] | list[str]:
         if rules == "all":
             return rules
-        unknown = [rule for rule in rules if rule not in RULES_BY_ID]
-        if unknown:
-            raise ValueError(f"unknown rule ids: {', '.join(unknown)} (see `edgesim rules`)")
+        problems: list[tuple[FieldPath, str]] = [((index,), f"unknown rule id {rule!r} (see `edgesim rules`)")
+                                                 for index, rule in enumerate(rules) if rule not in RULES_BY_ID]
+        if problems:
+            raise CrossReferenceError(problems)
         return rules
 
     @field_validator("expect")
     @classmethod
     def _known_expectations(cls, expect: dict[str, str]) -> dict[str, str]:
+        problems: list[tuple[FieldPath, str]] = []
         for key, value in expect.items():
             if key != "default" and key not in RULES_BY_ID:
-                raise ValueError(f"unknown rule id {key!r} (see `edgesim rules`)")
-            if not _EXPECT.match(value):
-                raise ValueError(f"{key}: {value!r} is not pass, fail[:reason], blocked[:rule] or unimplemented")
+                problems.append(((key,), f"unknown rule id {key!r} (see `edgesim rules`)"))
+            elif not _EXPECT.match(value):
+                problems.append(((key,), f"{value!r} is not pass, fail[:reason], blocked[:rule] or unimplemented"))
+            elif value.startswith("blocked:") and value.partition(":")[2] not in RULES_BY_ID:
+                problems.append(((key,), f"{value!r}: no rule {value.partition(':')[2]!r} to be blocked by"))
+        if problems:
+            raise CrossReferenceError(problems)
         return expect
 
     @model_validator(mode="after")
     def _references(self) -> Scenario:
-        names = [client.name for client in self.clients]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate client names: {', '.join(duplicates)}")
-        for phase in self.load:
-            if phase.clients not in names:
-                raise ValueError(f"load phase {phase.name!r}: no client named {phase.clients!r}")
+        problems: list[tuple[FieldPath, str]] = []
+        seen: dict[str, int] = {}
+        for index, client in enumerate(self.clients):
+            if client.name in seen:
+                problems.append((("clients", index, "name"), f"duplicate client names: {client.name} (also "
+                                 f"clients[{seen[client.name]}])"))
+            seen.setdefault(client.name, index)
+        by_name = {client.name: client for client in self.clients}
+        for index, phase in enumerate(self.load):
+            population = by_name.get(phase.clients)
+            if population is None:
+                problems.append((("load", index, "clients"), f"load phase {phase.name!r}: no client named "
+                                 f"{phase.clients!r}"))
+            elif population.role not in LOAD_ROLES:
+                problems.append((("load", index, "clients"), f"load phase {phase.name!r}: {phase.clients!r} is a "
+                                 f"{population.role} population; load phases sign users in through the Access Edge, "
+                                 f"which only {', '.join(sorted(LOAD_ROLES))} populations do"))
         node_names = {node.name for node in self.edge_pool.nodes}
-        for event in self.events:
+        for index, event in enumerate(self.events):
             if event.stop_node not in node_names:
-                raise ValueError(f"event at {event.at}s: no pool node named {event.stop_node!r}")
+                problems.append((("events", index, "stop_node"), f"event at {event.at}s: no pool node named "
+                                 f"{event.stop_node!r}"))
+        relay = self.edge_pool.relay_ports
+        listening = external_listening_ports(self.lab.privileged_port_offset)
+        clashes = sorted(port for port in listening if relay.first <= port <= relay.last)
+        if clashes:
+            named = ", ".join(f"{port} ({listening[port]})" for port in clashes)
+            problems.append((("edge_pool", "relay_ports"), f"relay ports {relay.first}-{relay.last} overlap the "
+                             f"Edge's external listeners: {named}"
+                             " (ports below 1024 move up by lab.privileged_port_offset in an unprivileged lab)"))
         if self.deployment is not None:
-            _check_deployment(self.deployment, node_names, set(names))
+            problems += _deployment_problems(self.deployment, node_names, set(seen))
+        if problems:
+            raise CrossReferenceError(problems)
         return self
 
     @property

@@ -1,0 +1,29 @@
+"""Running ``edgesim`` as a user does (a subprocess) on this helper's loopback block."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import SHIPPED
+
+ROOT = Path(__file__).resolve().parents[2]
+# This helper's address block (127.94.0.0/16): the runs here never meet another test's lab.
+PREFIX = "127.94"
+
+
+def scenario_text(prefix: str = PREFIX) -> str:
+    """The shipped scenario, placed on ``prefix``."""
+    return SHIPPED.read_text(encoding="utf-8").replace("seed: 2013\n", f"seed: 2013\nlab: {{loopback_prefix: "
+                                                       f"'{prefix}'}}\n", 1)
+
+
+def edgesim(*args: str, cwd: Path = ROOT, columns: int | None = None, timeout: float = 120
+            ) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
+    return subprocess.run([sys.executable, "-m", "simulator.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=timeout, check=False)
