@@ -22,12 +22,17 @@ from tests.interop.turnpeers import TurnServer
 def bench(tmp_path: Path, server: TurnServer, *extra: str, transport: str = "udp", dialect: str = "rfc8656",
           client: int = 200) -> tuple[int, dict[str, Any]]:
     port = server.udp_port if transport == "udp" else server.tcp_port
-    out = tmp_path / f"run-{dialect}-{transport}-{len(list(tmp_path.iterdir()))}"
+    runs = len(list(tmp_path.iterdir()))
+    out = tmp_path / f"run-{dialect}-{transport}-{runs}"
+    first = 30000 + 1000 * (runs % 20)
     low, high = relay_range_of(server)
     code = main(["bench", "relay", "--target", f"{server.host}:{port}", "--user", f"{USER}:{PASSWORD}",
                  "--realm", REALM, "--dialect", dialect, "--transport", transport, "--bind", host(client),
                  "--relay-range", f"{low}-{high}", "--server-pid", str(server.process.pid), "--out", str(out),
-                 "--quiet", "--json", *extra])
+                 # a cyclic source-port slice: the OS's random ephemeral port can repeat a 5-tuple whose allocation
+                 # coturn deleted under ~1 s ago, which coturn answers 437 (allocation mismatch)
+                 # — and each run its own slice, so a run never starts on the last run's 5-tuples
+                 "--source-ports", f"{first}-{first + 999}", "--quiet", "--json", *extra])
     return code, json.loads((out / "report.json").read_text())
 
 
