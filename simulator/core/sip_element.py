@@ -84,7 +84,19 @@ class SendFailed(Generic[C]):
     context: C
 
 
-ElementEvent: TypeAlias = RequestReceived[P] | StrayAck[P] | Answered[C] | TimedOut[C] | SendFailed[C]
+@dataclass(frozen=True, slots=True)
+class Provisional(Generic[C]):
+    """A provisional response (101–199) to a client transaction of this element's own, when the element was made
+    with ``report_provisional`` (a user agent that wants a 183's early SDP, RFC 3261 §13.2.2.1).
+    """
+
+    key: TransactionKey
+    response: SipResponse
+    context: C
+
+
+ElementEvent: TypeAlias = (RequestReceived[P] | StrayAck[P] | Answered[C] | TimedOut[C] | SendFailed[C]
+                           | Provisional[C])
 
 
 class SipElement(Generic[P, C]):
@@ -105,12 +117,14 @@ class SipElement(Generic[P, C]):
         reliable: bool = True,
         auto_trying: bool = False,
         response_headers: Iterable[tuple[str, str]] = (),
+        report_provisional: bool = False,
     ) -> None:
         self.layer: TransactionLayer[P] = TransactionLayer(settings=settings, auto_trying=auto_trying, tu=self,
                                                            report_terminated=False)
         self.response_timeout = response_timeout
         self.reliable = reliable
         self.response_headers = tuple(response_headers)
+        self.report_provisional = report_provisional
         self._rng = rng
         # client transactions waiting for a final response (marked ``waiting``; each carries the caller's context, and
         # the server transaction it was forwarded for as its upstream)
@@ -280,6 +294,8 @@ class SipElement(Generic[P, C]):
                 self.stray_responses += 1  # a second final response (forking is not done here): dropped
         if status >= 200 and txn.context is not None:
             self.events.append(Answered(txn.key, response, txn.context))
+        elif status > 100 and self.report_provisional and server is None and txn.context is not None:
+            self.events.append(Provisional(txn.key, response, txn.context))
 
     def timed_out(self, txn: Transaction[P], timer: Timer, now: float) -> None:
         if self._stop_waiting(txn):  # Timer B/C/F; H (no ACK, a server transaction) finds nobody waiting

@@ -27,12 +27,12 @@ import contextlib
 import random
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 
 from simulator.core.dns_policy import ResolverPolicy
-from simulator.core.sip_element import Answered, SendFailed, SipElement, TimedOut
-from simulator.core.sip_transaction import RequestReceived, StrayAck
+from simulator.core.sip_element import Answered, Provisional, SendFailed, SipElement, TimedOut
+from simulator.core.sip_transaction import RequestReceived, StrayAck, TransactionKey
 from simulator.net.transport.sip_connection import SipConnection, diagnostic_reason, open_sip_tls, sip_connection_over
 from simulator.net.transport.sip_proxy import ElementTimer
 from simulator.net.transport.tls import classify_tls_error
@@ -55,6 +55,11 @@ DEFAULT_TIMEOUT = 32.0  # a request's deadline when the caller names none: Timer
 REGISTER_CONTACT_METHODS = "INVITE, MESSAGE, INFO, SUBSCRIBE, OPTIONS, BYE, CANCEL, NOTIFY, ACK, REFER, BENOTIFY"
 _MRAS_URI = re.compile(r"<mrasUri>([^<]+)</mrasUri>")
 
+InviteHandler = Callable[[str, str], Awaitable[str]]
+"""A callee's answer to an INVITE or re-INVITE: (offer SDP, caller's URI) → answer SDP (see clients/call.py)."""
+ByeHandler = Callable[[str], Awaitable[None]]
+"""Told of a BYE (the URI of the side that hung up); the BYE is answered 200 either way."""
+
 TlsOpener = Callable[[str], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 """Opens a TLS connection to one address (port, context and name bound by the caller)."""
 
@@ -76,7 +81,11 @@ class SipClient:
         self.inbox: asyncio.Queue[SipRequest] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._core: SipElement[SipConnection, asyncio.Future[SipResponse]] = SipElement(
-            rng, response_timeout=DEFAULT_TIMEOUT)
+            rng, response_timeout=DEFAULT_TIMEOUT, report_provisional=True)
+        self.on_invite: InviteHandler | None = None  # None: an INVITE is answered 200 without SDP, as before
+        self.on_bye: ByeHandler | None = None
+        self._provisional: dict[TransactionKey, Callable[[SipResponse], None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._timer = ElementTimer(self._core.get_timer, self._core.timers_started, self._on_timer)
         self._reader = self._loop.create_task(self._read())
 
@@ -118,6 +127,8 @@ class SipClient:
         raise ProbeFailure(last.reason, f"{last.detail} (tried {tried})")
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
@@ -155,10 +166,16 @@ class SipClient:
         return make_request(method, uri, via=self.via(), from_=from_, to=to, call_id=call_id or new_call_id(self.rng),
                             cseq=cseq, headers=[("User-Agent", USER_AGENT), *headers], body=body)
 
-    async def request(self, request: SipRequest, timeout: float) -> SipResponse:
-        """Send and wait for the final response; ProbeFailure(timeout/reset) when there is none."""
+    async def request(self, request: SipRequest, timeout: float,
+                      on_provisional: Callable[[SipResponse], None] | None = None) -> SipResponse:
+        """Send and wait for the final response; ProbeFailure(timeout/reset) when there is none.
+
+        ``on_provisional`` sees each 101–199 response (a 183 with early SDP) before the final one.
+        """
         future: asyncio.Future[SipResponse] = self._loop.create_future()
         key = self._core.send_request(request, self.connection, self._loop.time(), future, timeout=timeout)
+        if on_provisional is not None:
+            self._provisional[key] = on_provisional
         try:
             self._write()
             await self.connection.drain()
@@ -169,6 +186,7 @@ class SipClient:
         try:
             return await future
         finally:
+            self._provisional.pop(key, None)
             if not future.done():  # our caller gave up
                 self._core.abandon(key)
 
@@ -200,13 +218,63 @@ class SipClient:
             if isinstance(event, Answered):
                 if not event.context.done():
                     event.context.set_result(event.response)
+            elif isinstance(event, Provisional):
+                callback = self._provisional.get(event.key)
+                if callback is not None:
+                    callback(event.response)
             elif isinstance(event, RequestReceived):
-                core.respond(event.key, make_response(event.request, 200, to_tag=new_tag(self.rng)), now)
+                method = event.request.method
+                if (method == "INVITE" and self.on_invite is not None) or (method == "BYE" and self.on_bye is not None):
+                    self._spawn(self._answer(event))  # the callback may take its time; the reader goes on
+                else:
+                    core.respond(event.key, make_response(event.request, 200, to_tag=new_tag(self.rng)), now)
                 self.inbox.put_nowait(event.request)
             elif isinstance(event, StrayAck):
                 self.inbox.put_nowait(event.request)
             elif not event.context.done():
                 event.context.set_exception(self._failure(event))
+
+    def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
+        task = self._loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, event: RequestReceived[SipConnection]) -> None:
+        """A callee's answer through the server transaction: BYE → on_bye, 200; INVITE → on_invite(offer, caller),
+        then 183 and 200 with its SDP (a re-INVITE: 200 only), Record-Route copied (RFC 3261 §12.1.1), our Contact;
+        488 when the callback fails.
+        """
+        request = event.request
+        caller = str(request.from_.uri)
+        if request.method == "BYE":
+            assert self.on_bye is not None
+            with contextlib.suppress(Exception):
+                await self.on_bye(caller)
+            self._respond(event.key, make_response(request, 200, to_tag=new_tag(self.rng)))
+            return
+        assert self.on_invite is not None
+        tag = request.to.tag or new_tag(self.rng)
+        try:
+            answer = (await self.on_invite(request.body.decode("utf-8", "replace"), caller)).encode()
+        except Exception as error:  # the far end hears 488
+            self._respond(event.key, make_response(request, 488, to_tag=tag, headers=[
+                ("Warning", f'399 edgesim "{type(error).__name__}: {error}"')]))
+            return
+        host, port = self.connection.local
+        headers = [("Contact", f"<sip:{host}:{port};transport=tls>"), ("Content-Type", "application/sdp")]
+        if request.to.tag is None:
+            self._respond(event.key, make_response(request, 183, to_tag=tag, headers=headers, body=answer,
+                                                   copy_record_route=True))
+        self._respond(event.key, make_response(request, 200, to_tag=tag, headers=headers, body=answer,
+                                               copy_record_route=True))
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await self.connection.drain()
+
+    def _respond(self, key: TransactionKey, response: SipResponse) -> None:
+        self._core.respond(key, response, self._loop.time())
+        with contextlib.suppress(OSError, ssl.SSLError):
+            self._write()
+        self._timer.arm()
 
     def _failure(self, event: TimedOut[asyncio.Future[SipResponse]] | SendFailed[asyncio.Future[SipResponse]]
                  ) -> ProbeFailure:

@@ -104,6 +104,7 @@ class AccessEdge:
         self._federation_out = OutboundConnections(self._on_message, source=config.external_host,
                                                    side="federation")
         self.flows: dict[str, SipConnection] = {}
+        self._partner_flows: dict[str, SipConnection] = {}  # outbound federation links a dialog was routed over
         self.refused: Counter[str] = Counter()
         self.answered_malformed = 0
         self._running = False
@@ -278,17 +279,25 @@ class AccessEdge:
             await self._reply(inbound, 504, f"cannot reach the next hop {hop.server_name}: {error}", reason,
                               code=1008)
             return
-        record = self._record_route(inbound.peer) if inbound.request.method in DIALOG_CREATING else None
+        method = inbound.request.method
+        record = self._record_route(inbound.peer) if method in DIALOG_CREATING else None
+        extra: tuple[tuple[str, str], ...] = ((TRUST_HEADER, trust),)
+        if method == "REGISTER" and inbound.peer.side == "client":
+            # RFC 3327 Path (the flow token of RFC 5626 §5.1): the registrar routes requests for this user back
+            # through this Edge and onto this very connection
+            extra = (("Path", self._record_route(inbound.peer)), (TRUST_HEADER, trust))
         await self.proxy.forward(inbound, outbound, record_route=record, pop_route=our_route is not None,
-                                 on_final=on_final, extra=((TRUST_HEADER, trust),), strip=TRUST_HEADER)
+                                 on_final=on_final, extra=extra, strip=TRUST_HEADER)
 
     async def _from_inside(self, inbound: Inbound, our_route: SipUri | None, uri: SipUri) -> None:
         if our_route is not None:
-            flow = self.flows.get(our_route.param(FLOW_PARAM) or "")
+            token = our_route.param(FLOW_PARAM) or ""
+            flow = self.flows.get(token) or self._partner_flows.get(token)
             if flow is None or flow.closed:
                 await self._reply(inbound, 480, "the client's connection is gone", Reason.RESET)
                 return
-            await self.proxy.forward(inbound, flow, pop_route=True)
+            record = self._record_route(flow) if inbound.request.method in DIALOG_CREATING else None
+            await self.proxy.forward(inbound, flow, pop_route=True, record_route=record)
             return
         if uri.host.lower() == self.config.domain:
             await self._reply(inbound, 404, "the Edge serves no internal user")
@@ -341,7 +350,10 @@ class AccessEdge:
                 self.refused[f"partner-{last[0]}"] += 1
                 continue
             self._policy.report_success(address, now)
-            record = self._record_route(inbound.peer) if inbound.request.method in DIALOG_CREATING else None
+            record = None
+            if inbound.request.method in DIALOG_CREATING:
+                self._partner_flows[outbound.id] = outbound  # in-dialog requests from inside go back on this link
+                record = self._record_route(outbound)
             await self.proxy.forward(inbound, outbound, record_route=record)
             return
         await self._reply(inbound, 504, f"cannot connect to the federated peer {last[1]}", last[0], code=1046)

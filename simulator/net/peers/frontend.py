@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import random
 import ssl
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import overload
 
+from simulator.core.sip_transaction import RequestReceived, StrayAck
 from simulator.net.transport.sip_connection import SipConnection, SipTlsListener, format_diagnostic
 from simulator.net.transport.sip_proxy import Inbound, OutboundConnections, SipProxy
 from simulator.net.transport.sip_route import TRUST_HEADER, NextHop
@@ -82,6 +85,11 @@ class Registration:
     contact: str
     expires_at: float
     gruu: str | None = None
+    path: tuple[str, ...] = ()  # RFC 3327: the Edge (and flow) the binding was registered through
+
+
+InternalInviteHandler = Callable[[str, str, str], Awaitable[str]]
+"""An internal user's answer: (offer SDP, caller URI, callee URI) → answer SDP."""
 
 
 class FrontEndServer:
@@ -107,6 +115,9 @@ class FrontEndServer:
         self.notifies_acknowledged = 0
         self.counters: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.internal_users: set[str] = set()  # AORs of internal users (on-premises, no Edge): on_invite answers
+        self.on_invite: InternalInviteHandler | None = None
+        self.calls_routed: Counter[str] = Counter()  # "remote", "partner", "internal", "in-dialog", "unavailable"
 
     @property
     def running(self) -> bool:
@@ -139,6 +150,8 @@ class FrontEndServer:
     async def _on_request(self, inbound: Inbound) -> None:
         request = inbound.request
         self.counters[request.method] += 1
+        if request.method in _CALL_METHODS and await self._route_call(inbound):
+            return
         if request.method == "ACK":
             return  # an ACK for a 2xx: the dialog's, nothing to do (one for an error ended its transaction)
         try:
@@ -192,6 +205,117 @@ class FrontEndServer:
             return self._reply(request, 200)
         return self._reply(request, 405, [("Allow", ALLOW)])
 
+    # ------------------------------------------------------------------------------ call routing
+
+    def _record_route(self) -> str:
+        return f"<sip:{self.config.host}:{self.config.port};transport=tls;lr>"
+
+    def _is_ours(self, route: str) -> bool:
+        uri = parse_name_addr(route).uri
+        return isinstance(uri, SipUri) and uri.host == self.config.host and uri.port in (None, self.config.port)
+
+    async def _route_call(self, inbound: Inbound) -> bool:
+        """Route a call's request as Lync's Director/Front End does; False leaves it to the old far-end handling.
+
+        In-dialog (our Record-Route on top): pop it, on to the next Route (an Edge's flow). An INVITE to a user
+        registered through an Edge: Request-URI → the binding's Contact, Route → its Path (RFC 3327), Record-Route
+        ours. An INVITE to another domain: back to the Edge it came through (which finds the partner). An internal
+        user with an ``on_invite``: answered here. A call (not IM) to a known user with no binding: 480.
+        """
+        request = inbound.request
+        routes = request.headers.values("route")
+        if routes and self._is_ours(routes[0]):
+            if len(routes) == 1:
+                return False  # the dialog ends here
+            await self._forward_along(inbound, inbound.request, routes[1], pop_route=True, record=False)
+            self.calls_routed["in-dialog"] += 1
+            return True
+        target = request.uri
+        if not isinstance(target, SipUri):
+            return False
+        internal = f"sip:{target.user}@{self.config.domain}"
+        if self.on_invite is not None and target.user is not None and internal in self.internal_users and (
+                target.aor == internal or target.host == self.config.host):
+            if request.method == "INVITE":
+                await self._answer_internal(inbound, internal)
+            elif not isinstance(inbound, StrayAck):
+                await self.proxy.respond(inbound, self._reply(request, 200))  # BYE, INFO … of that dialog
+            return True
+        if request.method != "INVITE" or request.to.tag is not None:
+            return False
+        if target.host.lower() != self.config.domain:
+            if isinstance(inbound, RequestReceived) and inbound.peer.peer[0] in self.edges:
+                await self.proxy.forward(inbound, inbound.peer, record_route=self._record_route())
+                self.calls_routed["partner"] += 1
+                return True
+            return False
+        binding = self.registrations.get(target.aor)
+        now = asyncio.get_running_loop().time()
+        if binding is not None and binding.path and binding.expires_at > now:
+            headers = request.headers.remove("route")
+            for hop in reversed(binding.path):
+                headers = headers.prepend("Route", hop)
+            contact = parse_name_addr(f"<{binding.contact}>").uri
+            routed = SipRequest(request.method, contact or target, headers, request.body, request.version)
+            await self._forward_along(inbound, routed, binding.path[0], pop_route=False, record=True)
+            self.calls_routed["remote"] += 1
+            return True
+        if target.user in self.config.accounts and b"m=message" not in request.body:
+            self.calls_routed["unavailable"] += 1
+            await self.proxy.respond(inbound, self._reply(request, 480, text="the user has no registered endpoint"))
+            return True
+        return False
+
+    async def _forward_along(self, inbound: Inbound, request: SipRequest, route: str, *, pop_route: bool,
+                             record: bool) -> None:
+        uri = parse_name_addr(route).uri
+        if not isinstance(uri, SipUri):
+            await self._refuse(inbound, 400, "unusable Route")
+            return
+        hop = self.edges.get(uri.host)
+        outbound = self._connection_to(uri.host, None)
+        try:
+            if outbound is None:
+                if hop is None:
+                    await self._refuse(inbound, 404, f"no route to {uri.host}")
+                    return
+                outbound = await self._outbound.get(hop.host, hop.port, self._client_context, hop.server_name, 5.0)
+            routed = dataclasses.replace(inbound, request=request)
+            await self.proxy.forward(routed, outbound, pop_route=pop_route,
+                                     record_route=self._record_route() if record else None)
+        except (OSError, ssl.SSLError, TimeoutError) as error:
+            await self._refuse(inbound, 480, f"the callee's Edge is unreachable: {error}")
+
+    async def _refuse(self, inbound: Inbound, status: int, text: str) -> None:
+        if not isinstance(inbound, StrayAck):
+            await self.proxy.respond(inbound, self._reply(inbound.request, status, text=text))
+
+    async def _answer_internal(self, inbound: Inbound, callee: str) -> None:
+        """An internal user's endpoint, emulated here: 183 and 200 with the SDP ``on_invite`` gives (200 only to
+        a re-INVITE), Record-Route copied; BYE and ACK of that dialog are handled by the old far-end path.
+        """
+        if isinstance(inbound, StrayAck):
+            return
+        assert self.on_invite is not None
+        request = inbound.request
+        self.calls_routed["internal"] += 1
+        tag = request.to.tag or new_tag(self._rng)
+        user = callee.split(":", 1)[1]
+        headers = [*self._headers(), ("Contact", f"<sip:{user.split('@', 1)[0]}@{self.config.host}:{self.config.port}"
+                                                 ";transport=tls>"), ("Content-Type", "application/sdp")]
+        try:
+            answer = (await self.on_invite(request.body.decode("utf-8", "replace"), str(request.from_.uri),
+                                           callee)).encode()
+        except Exception as error:  # the far end hears 488
+            await self.proxy.respond(inbound, make_response(request, 488, to_tag=tag, headers=[
+                *self._headers(), format_diagnostic(1000, f"{type(error).__name__}: {error}")]))
+            return
+        if request.to.tag is None:
+            await self.proxy.respond(inbound, make_response(request, 183, to_tag=tag, headers=headers, body=answer,
+                                                            copy_record_route=True))
+        await self.proxy.respond(inbound, make_response(request, 200, to_tag=tag, headers=headers, body=answer,
+                                                        copy_record_route=True))
+
     # ---------------------------------------------------------------------------------- registrar
 
     def _register(self, request: SipRequest, now: float) -> SipResponse:
@@ -229,7 +353,8 @@ class FrontEndServer:
             gruu = None
             if instance is not None:
                 gruu = f"{aor};opaque=user:epid:{hashlib.sha1(instance.encode()).hexdigest()[:16]};gruu"
-            self.registrations[aor] = Registration(aor, str(contact.uri), now + expires, gruu)
+            self.registrations[aor] = Registration(aor, str(contact.uri), now + expires, gruu,
+                                                   tuple(request.headers.values("path")))
             value = f"{contacts[0]};expires={expires}" + (f';gruu="{gruu}"' if gruu else "")
             headers.append(("Contact", value))
         trust = request.headers.get(TRUST_HEADER) or ""
@@ -303,7 +428,12 @@ class FrontEndServer:
         if 200 <= response.status < 300:
             self.notifies_acknowledged += 1
 
-    def _connection_to(self, host: str, fallback: SipConnection) -> SipConnection:
+    @overload
+    def _connection_to(self, host: str, fallback: SipConnection) -> SipConnection: ...
+    @overload
+    def _connection_to(self, host: str, fallback: None) -> SipConnection | None: ...
+
+    def _connection_to(self, host: str, fallback: SipConnection | None) -> SipConnection | None:
         for connection in self.listener.connections:
             if connection.peer[0] == host and not connection.closed:
                 return connection
@@ -328,6 +458,9 @@ class FrontEndServer:
         except (OSError, ssl.SSLError) as error:
             return self._reply(request, 503, text=f"MRAS connection lost: {error}")
         return None
+
+
+_CALL_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "UPDATE", "PRACK", "INFO"})
 
 
 def _is_mras_uri(uri: object) -> bool:

@@ -14,9 +14,10 @@ import contextlib
 import random
 import ssl
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 from simulator.net.transport.sip_connection import SipConnection, SipTlsListener
-from simulator.net.transport.sip_proxy import SipProxy
+from simulator.net.transport.sip_proxy import Inbound, SipProxy
 from simulator.wire.sip import SipRequest, SipResponse, make_response, new_tag
 
 SERVER_HEADER = "edgesim-partner"
@@ -35,6 +36,9 @@ class PartnerEdgeServer:
         self.peers: set[str] = set()  # certificate names of the Edges that connected
         self.listener = SipTlsListener(name, host, port, context, self._serve, side="partner")
         self.proxy = SipProxy(rng, server_header=f"{SERVER_HEADER}/{fqdn}", auto_trying=False)
+        # a partner user's answer to an INVITE: (offer SDP, caller URI, callee URI) → answer SDP; None: 200, no body
+        self.on_invite: Callable[[str, str, str], Awaitable[str]] | None = None
+        self._host, self._port = host, port
 
     @property
     def running(self) -> bool:
@@ -54,7 +58,33 @@ class PartnerEdgeServer:
                 for inbound in await self.proxy.receive(connection, message):
                     if inbound.request.method != "ACK":
                         self.received[inbound.request.method] += 1
-                        await self.proxy.respond(inbound, self.answer(inbound.request))
+                        if inbound.request.method == "INVITE" and self.on_invite is not None:
+                            await self._answer_invite(inbound)
+                        else:
+                            await self.proxy.respond(inbound, self.answer(inbound.request))
+
+    async def _answer_invite(self, inbound: Inbound) -> None:
+        """183 and 200 with the SDP ``on_invite`` gives (a re-INVITE: 200 only), Record-Route copied (RFC 3261
+        §12.1.1) and a Contact here; 488 when the callback fails.
+        """
+        assert self.on_invite is not None
+        request = inbound.request
+        tag = request.to.tag or new_tag(self._rng)
+        server = ("Server", f"{SERVER_HEADER}/{self.fqdn}")
+        callee = request.to.sip_uri
+        try:
+            answer = (await self.on_invite(request.body.decode("utf-8", "replace"), str(request.from_.uri),
+                                           callee.aor)).encode()
+        except Exception:  # the far end hears 488
+            await self.proxy.respond(inbound, make_response(request, 488, to_tag=tag, headers=[server]))
+            return
+        headers = [server, ("Contact", f"<sip:{callee.user or 'user'}@{self._host}:{self._port};transport=tls>"),
+                   ("Content-Type", "application/sdp")]
+        if request.to.tag is None:
+            await self.proxy.respond(inbound, make_response(request, 183, to_tag=tag, headers=headers, body=answer,
+                                                            copy_record_route=True))
+        await self.proxy.respond(inbound, make_response(request, 200, to_tag=tag, headers=headers, body=answer,
+                                                        copy_record_route=True))
 
     def answer(self, request: SipRequest) -> SipResponse:
         headers = [("Server", f"{SERVER_HEADER}/{self.fqdn}")]
