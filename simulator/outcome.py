@@ -28,6 +28,7 @@ class Reason(StrEnum):
     REVOKED = "revoked"
     PROTOCOL_ERROR = "protocol-error"  # the peer answered, but not what the protocol says
     REJECTED = "rejected"  # an application-level refusal (4xx, error response)
+    EXHAUSTION = "exhaustion"  # TURN 508 Insufficient Capacity: the relay port range is used up
     PRIVATE_ADDRESS_LEAKED = "private-address-leaked"
     NO_RETURN_PATH = "no-return-path"
     NO_PEER = "no-peer"  # the scenario has no client of the role this rule needs

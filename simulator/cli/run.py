@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -37,9 +38,10 @@ from simulator.report.junit import write_junit
 from simulator.report.model import build_report
 from simulator.report.outputs import LATEST, FolderTaken, choose_folder, point_latest, write_run
 from simulator.report.render import print_summary, render_table
-from simulator.scenario.load import check_load, run_load
+from simulator.scenario.load import LoadReport, check_load, run_load
 from simulator.scenario.load_sampler import LoadSampler
 from simulator.scenario.runner import RuleResult, run_rules
+from simulator.scenario.thresholds import LoadThreshold, ThresholdError, evaluate, print_live
 from simulator.spec.loader import load_scenario
 from simulator.spec.rules import RULES_BY_ID
 from simulator.spec.schema import Scenario
@@ -55,6 +57,7 @@ class Plan:
     folder: Path
     default_folder: bool  # reports/<run>/ with reports/latest pointing at it
     created: bool  # this run made the folder: a run that fails before writing leaves no empty folder behind
+    thresholds: tuple[LoadThreshold, ...] = ()  # --threshold: k6-style checks of the load (exit 1 when one fails)
 
 
 def _with_prefix(scenario: Scenario, prefix: str) -> Scenario:
@@ -102,6 +105,8 @@ def prepare(args: argparse.Namespace) -> Plan:
             type(scenario.lab).model_validate(scenario.lab.model_dump())
         except ValueError:
             raise UsageError(f"--lab-prefix {args.lab_prefix}: use 127.N with N from 1 to 255") from None
+    scenario = apply_load_control(scenario, args)
+    thresholds = parse_thresholds(getattr(args, "threshold", []))
     rule_ids = scenario.selected_rules
     if args.rules:
         unknown = [rule for rule in args.rules if rule not in RULES_BY_ID]
@@ -132,7 +137,81 @@ def prepare(args: argparse.Namespace) -> Plan:
     check_writable_folder(folder)
     if note is not None:
         print(f"edgesim: {note}", file=sys.stderr)
-    return Plan(scenario, rule_ids, folder, out is None, created)
+    return Plan(scenario, rule_ids, folder, out is None, created, thresholds)
+
+
+# ------------------------------------------------------------------------- load control and thresholds (issue 12)
+LOAD_HISTOGRAMS = ("sign_in_ms",)
+LOAD_SCALARS = ("sign_in_ok_ratio", "sign_ins_per_s", "started", "ok", "failed")
+LOAD_PREFIXES = ("fail_",)
+_OVERRIDES = (("rate", "--rate"), ("rate_increase", "--rate-increase"), ("rate_interval", "--rate-interval"),
+              ("rate_max", "--rate-max"), ("concurrency", "--concurrency"), ("count", "--count"),
+              ("duration", "--duration"), ("closed_loop", "--closed-loop"))
+
+
+def apply_load_control(scenario: Scenario, args: argparse.Namespace) -> Scenario:
+    """The scenario with the load-control options set on every sign-in phase (UsageError on a bad value)."""
+    given: dict[str, Any] = {field: getattr(args, field, None) for field, _ in _OVERRIDES}
+    given = {field: value for field, value in given.items() if value is not None}
+    for field, option in _OVERRIDES:
+        value = given.get(field)
+        if field != "closed_loop" and value is not None and not value > 0:
+            raise UsageError(f"{option} must be above 0 (got {value:g})")
+    if not given:
+        return scenario
+    phases = [phase for phase in scenario.load if phase.calls is None]
+    if not phases:
+        raise UsageError(f"{', '.join(o for f, o in _OVERRIDES if f in given)}: the scenario has no sign-in load phase")
+    if given.get("rate_max") is not None and given.get("rate") is not None and given["rate_max"] < given["rate"]:
+        raise UsageError(f"--rate-max ({given['rate_max']:g}) is below --rate ({given['rate']:g})")
+    load = []
+    for phase in scenario.load:
+        if phase.calls is None:
+            try:
+                phase = type(phase).model_validate({**phase.model_dump(), **given})
+            except ValidationError as error:
+                first = error.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                problem = str(first["msg"]).removeprefix("Value error, ")
+                raise UsageError(f"load phase {phase.name}: {where + ': ' if where else ''}{problem}") from None
+        load.append(phase)
+    return scenario.model_copy(update={"load": load})
+
+
+def parse_thresholds(texts: list[str]) -> tuple[LoadThreshold, ...]:
+    try:
+        return tuple(LoadThreshold.parse(text, LOAD_HISTOGRAMS, LOAD_SCALARS, LOAD_PREFIXES) for text in texts)
+    except ThresholdError as error:
+        raise UsageError(str(error)) from None
+
+
+def check_thresholds(thresholds: tuple[LoadThreshold, ...], outcome: LoadReport | None) -> list[dict[str, Any]]:
+    """Each threshold against the load's figures (no load, or no sample: the threshold fails, as in k6)."""
+    meter = outcome.meter if outcome is not None else None
+    duration = outcome.duration_s if outcome is not None else 0.0
+
+    def actual(threshold: LoadThreshold) -> float | None:
+        if meter is None:
+            return None
+        if threshold.metric == "sign_in_ms":
+            histogram = meter.latency
+            if not histogram.get_total_count():
+                return None
+            aggregate = threshold.aggregate or "p50"
+            if aggregate.startswith("p"):
+                return float(histogram.get_value_at_percentile(float(aggregate[1:]))) / 1000
+            return float({"min": histogram.get_min_value() / 1000, "max": histogram.get_max_value() / 1000,
+                    "mean": histogram.get_mean_value() / 1000, "avg": histogram.get_mean_value() / 1000,
+                    "count": float(histogram.get_total_count())}[aggregate])
+        figures = meter.to_dict(duration)
+        if threshold.metric.startswith("fail_"):
+            return float(figures["failures"].get(threshold.metric.removeprefix("fail_"), 0))
+        if threshold.metric == "sign_ins_per_s":
+            return meter.ok / duration if duration else None
+        value = figures[threshold.metric]
+        return None if value is None else float(value)
+
+    return evaluate(thresholds, actual)
 
 
 async def run(args: argparse.Namespace, console: Console) -> int:
@@ -147,7 +226,8 @@ async def run(args: argparse.Namespace, console: Console) -> int:
             if args.pcap:
                 prefix = f"{scenario.lab.loopback_prefix}.0.0/16"
                 await stack.enter_async_context(capture.capture(args.pcap, prefix))
-            report = await _run_lab(args, console, scenario, plan.rule_ids, started)
+            checks: list[dict[str, Any]] = []
+            report = await _run_lab(args, console, scenario, plan.rule_ids, started, plan.thresholds, checks)
     except capture.CaptureError as error:  # no tcpdump/dumpcap, no privilege, a file not writable
         _forget(plan)
         raise EnvironmentFault(str(error)) from None
@@ -158,6 +238,11 @@ async def run(args: argparse.Namespace, console: Console) -> int:
         _forget(plan)
         raise
     doc = report.to_dict()
+    if plan.thresholds:
+        doc["thresholds"] = checks
+        for check in checks:
+            mark = "[green]ok[/]" if check["ok"] else "[red]FAILED[/]"
+            console.print(f"threshold {mark} {check['threshold']} (actual {check['actual']})", highlight=False)
     render_table(doc, console, details=args.details, summary=False)
     try:
         written = write_run(doc, plan.folder)
@@ -169,7 +254,8 @@ async def run(args: argparse.Namespace, console: Console) -> int:
         raise environment_fault(error, f"cannot write the report to {plan.folder}") from None
     console.print(f"report: {plan.folder}/ ({', '.join(path.name for path in written)})", overflow="fold")
     print_summary(doc, console)
-    return EXIT_OK if report.all_match else EXIT_MISMATCH
+    thresholds_hold = all(check["ok"] for check in doc.get("thresholds", []))
+    return EXIT_OK if report.all_match and thresholds_hold else EXIT_MISMATCH
 
 
 def _forget(plan: Plan) -> None:
@@ -179,7 +265,8 @@ def _forget(plan: Plan) -> None:
 
 
 async def _run_lab(args: argparse.Namespace, console: Console, scenario: Scenario, rule_ids: list[str],
-                   started: dt.datetime) -> Any:
+                   started: dt.datetime, thresholds: tuple[LoadThreshold, ...] = (),
+                   checks: list[dict[str, Any]] | None = None) -> Any:
     async with Lab(scenario) as lab:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=True,
@@ -198,7 +285,8 @@ async def _run_lab(args: argparse.Namespace, console: Console, scenario: Scenari
                 sampler = LoadSampler(lab)
                 sampling = asyncio.create_task(sampler.run())
                 try:
-                    outcome = await run_load(lab, args.timeout)
+                    live = None if args.no_progress else (lambda figures: print_live(figures, console))
+                    outcome = await run_load(lab, args.timeout, on_second=live)
                 finally:
                     await sampler.stop(sampling)
                 intervals = tuple(sampler.intervals())
@@ -206,5 +294,7 @@ async def _run_lab(args: argparse.Namespace, console: Console, scenario: Scenari
                 stopped = {e["stop_node"] for e in outcome.events if e["service"] in ("all", "access")}
                 load = outcome.to_dict([n.name for n in scenario.edge_pool.nodes], stopped)
                 problems = tuple(check_load(outcome, scenario))
+            if checks is not None and thresholds:
+                checks.extend(check_thresholds(thresholds, outcome if load is not None else None))
         return build_report(scenario, lab.plan, lab.port_map, results, started, dt.datetime.now(dt.UTC), load,
                             problems, intervals)

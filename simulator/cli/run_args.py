@@ -29,3 +29,25 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--no-load", action="store_true", help="probe the rules only; skip load phases and events")
     run.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                      help="event loop (default uvloop; the test suite runs the lab on asyncio's)")
+    add_load_control_arguments(run)
+
+
+def add_load_control_arguments(run: argparse.ArgumentParser) -> None:
+    """SIPp-style overrides of every sign-in load phase, and k6-style thresholds (issue 12)."""
+    group = run.add_argument_group("load control (override every sign-in load phase of the scenario)")
+    group.add_argument("--rate", type=float, metavar="R", help="new sessions per second (SIPp -r)")
+    group.add_argument("--rate-increase", type=float, metavar="R",
+                       help="ramp: add R sessions/s every --rate-interval seconds (SIPp -rate_increase)")
+    group.add_argument("--rate-interval", type=float, metavar="S", help="ramp period in seconds (default 1)")
+    group.add_argument("--rate-max", type=float, metavar="R", help="ramp ceiling in sessions/s (SIPp -rate_max)")
+    group.add_argument("--concurrency", type=int, metavar="N", help="at most N sign-ins in flight (SIPp -l)")
+    group.add_argument("--count", type=int, metavar="N", help="N sessions in all per phase (SIPp -m)")
+    group.add_argument("--duration", type=float, metavar="S", help="seconds each phase runs")
+    loop = group.add_mutually_exclusive_group()
+    loop.add_argument("--closed-loop", dest="closed_loop", action="store_true", default=None,
+                      help="start a session when one is answered, --concurrency (default 1) at a time")
+    loop.add_argument("--open-loop", dest="closed_loop", action="store_false",
+                      help="start sessions at the rate whatever the answers (the default)")
+    group.add_argument("--threshold", action="append", default=[], metavar="EXPR",
+                       help="k6-style pass/fail on the load, repeatable: e.g. 'sign_in_ms:p99<500', "
+                       "'sign_in_ok_ratio>0.999', 'fail_timeout==0'; a failing one makes the exit code 1")

@@ -34,6 +34,7 @@ from simulator.net.clients.relay_load import (
     new_histogram,
     run_shard,
 )
+from simulator.scenario.thresholds import OPS, THRESHOLD
 
 Snapshot = dict[str, Any]
 OnTick = Callable[[Snapshot], None]
@@ -454,14 +455,11 @@ def live_figures(snapshots: dict[int, Snapshot]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- thresholds
-_THRESHOLD = re.compile(r"^\s*([a-z][a-z0-9_-]*)(?::(p\d+(?:\.\d+)?|min|max|mean|avg|count))?\s*"
-                        r"(<=|>=|==|!=|<|>)\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*$")
+_THRESHOLD = THRESHOLD  # shared with edgesim run (simulator.scenario.thresholds)
 HISTOGRAM_METRICS = {"alloc_ms": "alloc_us", "release_ms": "release_us"}
 SCALAR_METRICS = ("alloc_ok_ratio", "allocs_per_s", "started", "ok", "failed", "released", "release_failed",
                   "exhaustion_held", "time_to_exhaustion_s")
-_OPS: dict[str, Callable[[float, float], bool]] = {
-    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
-    "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
+_OPS = OPS
 
 
 @dataclass(frozen=True)

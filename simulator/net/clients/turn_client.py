@@ -40,6 +40,11 @@ class Allocation:
     lifetime: int
 
 
+def _refusal(code: stun.ErrorCode | None) -> Reason:
+    """An error answer's reason: 508 (Insufficient Capacity, RFC 8656 §6.2) is the relay range used up."""
+    return Reason.EXHAUSTION if code is not None and code.code == 508 else Reason.REJECTED
+
+
 def _error_code(message: Message) -> int | None:
     code = message.get(stun.ERROR_CODE)
     return code.code if code is not None else None
@@ -92,6 +97,8 @@ class MsTurnClient:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._hello: asyncio.Future[bytes] | None = None
+        # MESSAGE-INTEGRITY key of the current credentials (MD5 or two HMACs): derived once, not per Send
+        self._key_cache: tuple[tuple[int, str, str, str, str], bytes] | None = None
 
     # -------------------------------------------------------------------------------- transport
     async def open(self, timeout: float) -> None:
@@ -235,10 +242,20 @@ class MsTurnClient:
         if auth and self.nonce is not None and self.realm is not None:
             extra += [attr(msturn.USERNAME, self.username), attr(msturn.REALM, self.realm),
                       attr(msturn.NONCE, self.nonce)]
-            key = msturn.key_for(self.version, self.username, self.realm, self.password, self.nonce)
+            key = self._key(self.realm, self.nonce)
             message = msturn.build(method, MessageClass.REQUEST, tid, *extra, version=self.version)
             return tid, message.serialize(key=key, integrity=(msturn.integrity_for(self.version),))
         return tid, msturn.build(method, MessageClass.REQUEST, tid, *extra, version=self.version).serialize()
+
+    def _key(self, realm: str, nonce: str) -> bytes:
+        """The allocation's key, re-derived only when version, username, realm, password or nonce change."""
+        inputs = (self.version, self.username, realm, self.password, nonce)
+        cached = self._key_cache
+        if cached is not None and cached[0] == inputs:
+            return cached[1]
+        key = msturn.key_for(self.version, self.username, realm, self.password, nonce)
+        self._key_cache = (inputs, key)
+        return key
 
     async def _transact(self, tid: bytes, data: bytes, timeout: float) -> Message:
         waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
@@ -278,7 +295,7 @@ class MsTurnClient:
         answer = await self._transact(tid, data, timeout)
         if answer.cls is MessageClass.ERROR:
             code = answer.get(stun.ERROR_CODE)
-            raise ProbeFailure(Reason.REJECTED, f"{where}: Allocate refused: {code.code if code else '?'} "
+            raise ProbeFailure(_refusal(code), f"{where}: Allocate refused: {code.code if code else '?'} "
                                                 f"{code.reason if code else ''}")
         relay = answer.get(msturn.MAPPED_ADDRESS)
         if relay is None:
@@ -375,7 +392,7 @@ class RfcTcpRelayClient:
                 continue
             if answer.cls is MessageClass.ERROR:
                 code = answer.get(stun.ERROR_CODE)
-                raise ProbeFailure(Reason.REJECTED, f"{self.where}: {method:#x} refused: "
+                raise ProbeFailure(_refusal(code), f"{self.where}: {method:#x} refused: "
                                                     f"{code.code if code else '?'} {code.reason if code else ''}")
             return answer
         raise ProbeFailure(Reason.REJECTED, f"{self.where}: credentials refused")
