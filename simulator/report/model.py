@@ -109,7 +109,8 @@ class Report:
             "machine": {"python": platform.python_version(), "platform": platform.platform()},
             "summary": {**self.counts(), "all_match_expectations": self.all_match},
             "rules": [rule.to_dict(self.port_map) for rule in self.rules],
-            "load": self.load,
+            "load": None if self.load is None else {k: v for k, v in self.load.items() if k != "calls"},
+            "calls": (self.load or {}).get("calls"),  # simulator.scenario.calls: the NAT matrix, per call
             "load_problems": [plain(problem) for problem in self.load_problems],
             "intervals": [dict(interval) for interval in self.intervals],
             "nodes": [node.name for node in pool.nodes],

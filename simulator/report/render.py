@@ -99,6 +99,8 @@ def render_table(report: Report | dict[str, Any], console: Console, details: boo
         console.print(head, overflow="fold")
     if doc.get("load") is not None:
         render_load(doc["load"], console)
+    if doc.get("calls"):
+        render_calls(doc["calls"], console)
     for problem in doc.get("load_problems", []):
         console.print(Text(f"load: {plain(problem)}", style="bold red"), overflow="fold")
     if summary:
@@ -107,6 +109,35 @@ def render_table(report: Report | dict[str, Any], console: Console, details: boo
 
 def print_summary(doc: dict[str, Any], console: Console) -> None:
     console.print(Text(summary_line(doc), style="green" if all_match(doc) else "bold red"), overflow="fold")
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return " ".join(f"{key[0]}{value}" for key, value in sorted(counts.items()))  # D2 R1 F0
+
+
+def render_calls(calls: dict[str, Any], console: Console) -> None:
+    """The caller-NAT × callee-NAT matrix (outcomes, time to connected), relayed legs per node, media totals."""
+    table = Table(title=f"calls: {calls['connected']}/{calls['calls']} connected (D direct, R relay, F failed)",
+                  box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, collapse_padding=True,
+                  title_justify="left")
+    for column in ("caller NAT", "callee NAT", "calls", "ICE", "pair", "ttc p50/p99 ms"):
+        table.add_column(column, overflow="fold")
+    for cell in calls["matrix"]:
+        ttc = cell["ttc"]
+        pairs = ", ".join(kind.replace("/udp", "") for kind in cell["pair_types"])
+        table.add_row(cell["caller_nat"], cell["callee_nat"], str(cell["calls"]), _counts(cell["outcomes"]), pairs,
+                      f"{ttc['p50_ms']:.0f}/{ttc['p99_ms']:.0f}" if ttc.get("count") else "—")
+    console.print(table)
+    legs = ", ".join(f"{node} {count} ({calls['relayed_kbps'][node]:.0f} kbit/s)"
+                     for node, count in calls["relayed_legs"].items())
+    console.print(f"relayed legs per node: {legs}", overflow="fold")
+    media = calls["media"]
+    rtt = media["RoundTripLatencyInMs"]
+    console.print(f"media: {media['PacketsSent']} packets sent, loss {media['PacketLossRate']:.3%}, "
+                  f"RTT {'—' if rtt is None else f'{rtt:.1f} ms'}, jitter {media['AverageJitterInMs'] or 0:.1f} ms",
+                  overflow="fold")
+    for note in calls.get("notes", []):
+        console.print(f"note: {note}", overflow="fold")
 
 
 def render_load(load: dict[str, Any], console: Console) -> None:

@@ -24,6 +24,7 @@ import asyncio
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ from simulator.net.clients.sip_client import RemoteUser, SipClient
 from simulator.net.transport.resolver import ResolverError, StubResolver
 from simulator.net.transport.tls import client_context
 from simulator.outcome import ProbeFailure
+from simulator.scenario.calls import CallsReport, phase_span, run_calls_phase
 from simulator.spec.schema import DnsPolicy, LoadPhase, Scenario, StopNode
 
 LEGACY_RETRIES = 3
@@ -74,6 +76,8 @@ class LoadReport:
     sessions: list[SessionRecord] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     duration_s: float = 0.0
+    calls: CallsReport = field(default_factory=CallsReport)
+    meter: LoadMeter | None = None  # load control: per-second rates, sign-in latency (issue 12)
 
     def spread(self, population: str | None = None) -> dict[str, int]:
         return dict(Counter(s.home for s in self.sessions if s.home and population in (None, s.population)))
@@ -112,6 +116,8 @@ class LoadReport:
             "failures": dict(Counter(s.error.split(":")[0] for s in self.sessions if s.error)),
             "failover": self.failover_stats(),
             "sessions": [s.to_dict() for s in self.sessions],
+            "calls": self.calls.to_dict(nodes) if self.calls.records else None,
+            "control": self.meter.to_dict(self.duration_s) if self.meter is not None else None,
         }
 
 
@@ -241,8 +247,185 @@ async def _apply(lab: Lab, event: StopNode) -> dict[str, Any]:
     return {"at": event.at, "stop_node": event.stop_node, "service": event.service, "stopped": names}
 
 
-async def run_load(lab: Lab, timeout: float | None = None, *, events: bool = True) -> LoadReport:
+# ------------------------------------------------------------------------------ load control (issue 12)
+# SIPp semantics: ``rate`` new sessions per second (open loop), raised by ``rate_increase`` every
+# ``rate_interval`` seconds up to ``rate_max`` (-rate_increase/-rate_interval/-rate_max); at most
+# ``concurrency`` sessions in flight (-l); ``count`` sessions in all (-m); ``closed_loop``: a session starts when
+# one is answered, ``concurrency`` (default 1) at a time. "In flight": started, its sign-in not answered yet.
+
+
+def target_rate(phase: LoadPhase, elapsed: float) -> float | None:
+    """The phase's target start rate (sessions/s) ``elapsed`` seconds into it; None in closed loop."""
+    if phase.closed_loop:
+        return None
+    if phase.rate_increase is None:
+        return phase.rate
+    raised = phase.rate + phase.rate_increase * int(elapsed // phase.rate_interval)
+    return min(raised, phase.rate_max) if phase.rate_max is not None else raised
+
+
+def phase_total(phase: LoadPhase, available: int) -> int:
+    """How many sessions the phase starts at most: its count, max_sessions and the population's users."""
+    return min(available, phase.max_sessions, phase.count if phase.count is not None else phase.max_sessions)
+
+
+def failure_reason(error: BaseException) -> str:
+    if isinstance(error, ProbeFailure):
+        return str(error.reason)
+    if isinstance(error, ResolverError):
+        return "dns"
+    return type(error).__name__.lower()
+
+
+class LoadMeter:
+    """Counts of the load as it runs: starts, answers and failures per second, sign-in latency (HDR, µs)."""
+
+    def __init__(self, phases: list[LoadPhase], now: float) -> None:
+        self.phases = phases
+        self.start = now
+        self.started: Counter[int] = Counter()  # second index → sessions started in it
+        self.ok_at: Counter[int] = Counter()
+        self.failed_at: Counter[int] = Counter()
+        self.failures: Counter[str] = Counter()
+        self.in_flight = 0
+        self.in_flight_of: Counter[str] = Counter()  # phase name → its sessions in flight
+        self.ok = 0
+        self.failed = 0
+        self.latency = HdrHistogram(1, 60_000_000, 3)  # µs
+        self.answered = asyncio.Event()
+
+    def _second(self, now: float) -> int:
+        return max(0, int(now - self.start))
+
+    def target(self, elapsed: float) -> float | None:
+        """The summed target of the phases running ``elapsed`` s in; None when every running one is closed-loop."""
+        rates = [target_rate(p, elapsed) for p in self.phases if elapsed < p.duration]
+        known = [rate for rate in rates if rate is not None]
+        return round(sum(known), 3) if known else None
+
+    def began(self, now: float, phase: str) -> None:
+        self.started[self._second(now)] += 1
+        self.in_flight += 1
+        self.in_flight_of[phase] += 1
+
+    def left(self, phase: str) -> None:
+        """A session no longer in flight (answered, or cancelled unanswered)."""
+        self.in_flight -= 1
+        self.in_flight_of[phase] -= 1
+        self.answered.set()
+
+    def answer(self, now: float, began: float, error: BaseException | None, phase: str) -> None:
+        self.left(phase)
+        if error is None:
+            self.ok += 1
+            self.ok_at[self._second(now)] += 1
+            self.latency.record_value(max(1, int((now - began) * 1_000_000)))
+        else:
+            self.failed += 1
+            self.failed_at[self._second(now)] += 1
+            self.failures[failure_reason(error)] += 1
+
+    async def slot(self, phase: str, limit: int) -> None:
+        """Wait until fewer than ``limit`` sessions of ``phase`` are in flight."""
+        while self.in_flight_of[phase] >= limit:
+            self.answered.clear()
+            await self.answered.wait()
+
+    def percentile_ms(self, percentile: float) -> float | None:
+        if not self.latency.get_total_count():
+            return None
+        return float(self.latency.get_value_at_percentile(percentile)) / 1000
+
+    def live(self, now: float) -> dict[str, Any]:
+        """The live figures at ``now``: the last full second's start rate against its target."""
+        elapsed = now - self.start
+        last = max(0, int(elapsed) - 1)
+        return {"t": round(elapsed, 1), "rate": float(self.started[last]), "target": self.target(last + 0.5),
+                "in_flight": self.in_flight, "ok": self.ok, "failed": self.failed,
+                "failures": dict(self.failures), "p50_ms": self.percentile_ms(50), "p99_ms": self.percentile_ms(99)}
+
+    def per_second(self, duration: float) -> list[dict[str, Any]]:
+        """One row per second of the run: target and achieved start rate, answers."""
+        seconds = max(1, int(duration + 0.9))  # a last partial second under 0.1 s (the phases' wind-down) is left out
+        return [{"t": second, "target": self.target(second + 0.5), "started": self.started[second],
+                 "ok": self.ok_at[second], "failed": self.failed_at[second]} for second in range(seconds)]
+
+    def to_dict(self, duration: float) -> dict[str, Any]:
+        histogram = {"count": self.latency.get_total_count()}
+        if histogram["count"]:
+            histogram |= {f"p{p}_ms": self.latency.get_value_at_percentile(p) / 1000 for p in (50, 90, 99)}
+            histogram |= {"max_ms": self.latency.get_max_value() / 1000,
+                          "mean_ms": round(self.latency.get_mean_value() / 1000, 3)}
+        answered = self.ok + self.failed
+        return {"started": sum(self.started.values()), "ok": self.ok, "failed": self.failed,
+                "sign_in_ok_ratio": round(self.ok / answered, 6) if answered else None,
+                "failures": dict(self.failures), "sign_in_ms": histogram,
+                "per_second": self.per_second(duration)}
+
+
+class _MeteredSession(_Session):
+    """A session whose first sign-in (from the start of its DNS look-up to the 200 OK) is counted."""
+
+    def __init__(self, meter: LoadMeter, phase: str, *args: Any) -> None:
+        super().__init__(*args)
+        self.meter = meter
+        self.phase = phase
+        self.began = asyncio.get_running_loop().time()
+        self.pending = True
+        meter.began(self.began, phase)
+
+    def settle(self, error: BaseException | None) -> None:
+        if self.pending:
+            self.pending = False
+            self.meter.answer(asyncio.get_running_loop().time(), self.began, error, self.phase)
+
+    async def _sign_in(self, addresses: list[str], use_policy: bool) -> SipClient:
+        try:
+            client = await super()._sign_in(addresses, use_policy)
+        except (ProbeFailure, OSError) as error:
+            self.settle(error)
+            raise
+        self.settle(None)
+        return client
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            if self.pending and self.record.error is not None:  # DNS failed before any sign-in
+                self.settle(ResolverError(self.record.error))
+            elif self.pending:  # cancelled at the end of the phase: not answered, no longer in flight
+                self.pending = False
+                self.meter.left(self.phase)
+
+
+async def pace(phase: LoadPhase, total: int, meter: LoadMeter, phase_end: float,
+               start_one: Callable[[int], None]) -> None:
+    """Call ``start_one(index)`` ``total`` times at most, before ``phase_end``, as the phase's load control says."""
+    loop = asyncio.get_running_loop()
+    limit = phase.concurrency or (1 if phase.closed_loop else None)
+    next_at = meter.start
+    for index in range(total):
+        if limit is not None and meter.in_flight_of[phase.name] >= limit:
+            try:
+                await asyncio.wait_for(meter.slot(phase.name, limit), max(0.001, phase_end - loop.time()))
+            except TimeoutError:
+                return
+            next_at = max(next_at, loop.time())  # SIPp -l: a start held back is not caught up with a burst
+        rate = target_rate(phase, next_at - meter.start)
+        if rate is not None:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at += 1 / rate
+        if loop.time() >= phase_end:
+            return
+        start_one(index)
+
+
+async def run_load(lab: Lab, timeout: float | None = None, *, events: bool = True,
+                   on_second: Callable[[dict[str, Any]], None] | None = None) -> LoadReport:
     """Run the scenario's load phases (concurrently) and events; returns the measurements.
+
+    ``on_second``: called once a second with the live figures (:meth:`LoadMeter.live`).
 
     ``events=False``: the phases only (firewall lab mode: the nodes run in other processes, on other hosts).
     """
@@ -251,30 +434,35 @@ async def run_load(lab: Lab, timeout: float | None = None, *, events: bool = Tru
     loop = asyncio.get_running_loop()
     start = loop.time()
     report = LoadReport()
+    meter = report.meter = LoadMeter([phase for phase in scenario.load if phase.calls is None], start)
     address_node = {lab.public_address(node.name, "access"): node.name for node in scenario.edge_pool.nodes}
     clients = {client.name: client for client in scenario.clients}
     accounts_by_population: dict[str, list[Account]] = {}
     for account in user_accounts(lab):
         accounts_by_population.setdefault(lab.plan.host(account.user).owner, []).append(account)
-    end = start + max((phase.duration for phase in scenario.load), default=0.0)
+    end = start + max((phase_span(phase) for phase in scenario.load), default=0.0)
     tasks: list[asyncio.Task[None]] = []
 
     async def phase_runner(phase: LoadPhase) -> None:
         """Start the phase's sessions at its rate; at the end of its own duration, end them."""
+        if phase.calls is not None:  # a calls phase: simulator.scenario.calls
+            await run_calls_phase(lab, phase, report.calls, timeout)
+            return
         population = clients[phase.clients]
-        accounts = accounts_by_population.get(phase.clients, [])[: phase.max_sessions]
+        accounts = accounts_by_population.get(phase.clients, [])
         phase_end = start + phase.duration
         mine: list[asyncio.Task[None]] = []
+
+        def start_one(index: int) -> None:
+            record = SessionRecord(accounts[index].user, phase.clients, population.effective_dns_policy)
+            report.sessions.append(record)
+            session = _MeteredSession(meter, phase.name, lab, accounts[index], record, address_node, timeout,
+                                      phase_end)
+            mine.append(asyncio.create_task(session.run()))
+            tasks.append(mine[-1])
+
         try:
-            for index, account in enumerate(accounts):
-                await asyncio.sleep(max(0.0, start + index / phase.rate - loop.time()))
-                if loop.time() >= phase_end:
-                    break
-                record = SessionRecord(account.user, phase.clients, population.effective_dns_policy)
-                report.sessions.append(record)
-                session = _Session(lab, account, record, address_node, timeout, phase_end)
-                mine.append(asyncio.create_task(session.run()))
-                tasks.append(mine[-1])
+            await pace(phase, phase_total(phase, len(accounts)), meter, phase_end, start_one)
             await asyncio.sleep(max(0.0, phase_end - loop.time()))
         finally:
             for task in mine:
@@ -287,11 +475,25 @@ async def run_load(lab: Lab, timeout: float | None = None, *, events: bool = Tru
 
     runners = [asyncio.create_task(phase_runner(phase)) for phase in scenario.load]
     runners += [asyncio.create_task(event_runner(event)) for event in scenario.events if events]
+
+    ticked = [0]  # the last second a live line was given for
+
+    async def ticker(report_to: Callable[[dict[str, Any]], None]) -> None:
+        for second in range(1, int(end - start) + 2):  # bounded: the load's own length
+            await asyncio.sleep(max(0.0, start + second - loop.time()))
+            report_to(meter.live(loop.time()))
+            ticked[0] = second
+
+    ticking = [asyncio.create_task(ticker(on_second))] if on_second is not None and meter.phases else []
     try:
-        await asyncio.sleep(max(0.0, end - loop.time()))
+        if runners:  # a calls phase may end before its span; the others end at their duration
+            await asyncio.wait(runners, timeout=max(0.0, end - loop.time()))
     finally:
-        for task in [*runners, *tasks]:
+        for task in [*runners, *tasks, *ticking]:
             task.cancel()
-        await asyncio.gather(*runners, *tasks, return_exceptions=True)
+        await asyncio.gather(*runners, *tasks, *ticking, return_exceptions=True)
+        if ticking and on_second is not None:  # the last whole second, when the load ended just as it did
+            for second in range(ticked[0] + 1, int(loop.time() - start + 0.05) + 1):
+                on_second(meter.live(start + second))
     report.duration_s = loop.time() - start
     return report

@@ -45,6 +45,20 @@ class NatBehaviour(StrEnum):
     ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
 
 
+class LinkImpairment(_Model):
+    """netem-like impairment of one direction (simulator.core.impairment.Impairment)."""
+
+    loss: float = Field(0.0, ge=0, le=1, description="probability a packet is dropped")
+    delay_ms: float = Field(0.0, ge=0, le=10000)
+    jitter_ms: float = Field(0.0, ge=0, le=10000, description="uniform ± around delay_ms, per packet")
+    reorder: float = Field(0.0, ge=0, le=1, description="probability a packet skips the delay (needs delay)")
+
+
+class NatImpairment(_Model):
+    inbound: LinkImpairment = LinkImpairment()  # outside → inside
+    outbound: LinkImpairment = LinkImpairment()  # inside → outside
+
+
 class ClientNat(_Model):
     """A NAT in front of a client population (RFC 4787 knobs)."""
 
@@ -53,6 +67,7 @@ class ClientNat(_Model):
     binding_timeout: float = Field(120.0, gt=0, description="seconds; RFC 4787 REQ-5 says at least 120")
     port_preservation: bool = False
     hairpin: bool = False
+    impairment: NatImpairment | None = Field(None, description="netem-like impairment per direction (calls media)")
 
 
 class PoolNat(_Model):
@@ -214,6 +229,64 @@ class LoadPhase(_Model):
     rate: float = Field(gt=0, le=100000, description="new sessions per second (open loop)")
     duration: float = Field(gt=0, le=3600, description="seconds")
     max_sessions: int = Field(1000, ge=1, le=1_000_000)
+    # --- load control (issue 12, SIPp semantics: -r, -rate_increase/-rate_interval/-rate_max, -l, -m) ---
+    workload: Literal["sign-in", "im", "relay"] = Field("sign-in", description="what each session does: sign-in "
+                                                        "(REGISTER through the Access Edge); im and relay are named "
+                                                        "for the coming workloads and refused until they land")
+    rate_increase: float | None = Field(None, gt=0, le=100000, description="ramp: add this many sessions/s to the "
+                                        "rate every rate_interval seconds")
+    rate_interval: float = Field(1.0, gt=0, le=3600, description="ramp period, seconds")
+    rate_max: float | None = Field(None, gt=0, le=100000, description="ramp ceiling (sessions/s)")
+    concurrency: int | None = Field(None, ge=1, le=1_000_000, description="at most this many sessions in flight "
+                                    "(started, not yet answered); a start waits for a slot")
+    count: int | None = Field(None, ge=1, le=1_000_000, description="sessions in all (also bounded by "
+                              "max_sessions and the population's size)")
+    closed_loop: bool = Field(False, description="closed loop: a new session starts when one is answered "
+                                                 "(concurrency of them at a time, rate ignored)")
+    calls: CallsSpec | None = Field(None, description="place calls instead of only signing in: rate is calls "
+                                    "per second, clients the default caller population")
+
+    @model_validator(mode="after")
+    def _load_control(self) -> LoadPhase:
+        if self.rate_max is not None and self.rate_max < self.rate:
+            raise ValueError(f"rate_max ({self.rate_max:g}) is below rate ({self.rate:g})")
+        if self.workload != "sign-in":
+            raise ValueError(f"workload {self.workload!r} is not implemented yet (only 'sign-in')")
+        return self
+
+
+class MediaSpec(_Model):
+    """The media a call sends each way after ICE (simulator.core.media profiles)."""
+
+    kind: Literal["audio", "video"] = "audio"
+    codec: str = Field("SILK-WB", description="audio: a key of simulator.core.media.AUDIO_CODECS")
+    packets_per_second: float = Field(50.0, gt=0, le=1000)
+    payload_size: int | None = Field(None, gt=0, le=1400)
+    frame_rate: float = Field(30.0, gt=0, le=120)
+    frame_size: int = Field(6250, gt=0, le=1_000_000)
+    max_payload: int = Field(1200, gt=0, le=1400)
+    rtcp_interval: float = Field(5.0, gt=0, le=60)
+
+
+class CallPair(_Model):
+    """Who calls whom: a caller population (default: the phase's ``clients``) and a callee population."""
+
+    caller: Name | None = None
+    callee: Name
+
+
+class CallsSpec(_Model):
+    """What makes a load phase a ``calls`` phase: calls between remote users of the pairs' populations."""
+
+    kind: Literal["remote-remote"] = "remote-remote"
+    pairs: list[CallPair] = Field(min_length=1)
+    count: int = Field(1, ge=1, le=100_000, description="calls in all, spread round-robin over the pairs")
+    call_duration: float = Field(3.0, gt=0, le=3600, description="seconds of media per call")
+    media: MediaSpec = MediaSpec()
+    ice: Literal["ms-ice2", "rfc8445"] = "ms-ice2"
+    signalling: Literal["sip", "in-process"] = Field("sip", description="sip: INVITE/183/200/re-INVITE/BYE through "
+                                                     "the Access Edges; in-process: SDP handed over directly")
+    connect_timeout: float = Field(10.0, gt=0, le=120)
 
 
 class StopNode(_Model):
@@ -359,6 +432,12 @@ class Scenario(_Model):
             if population is None:
                 problems.append((("load", index, "clients"), f"load phase {phase.name!r}: no client named "
                                  f"{phase.clients!r}"))
+            elif phase.calls is not None and (bad := [name for pair in phase.calls.pairs
+                                                      for name in (pair.caller or phase.clients, pair.callee)
+                                                      if by_name.get(name) is None
+                                                      or by_name[name].role not in LOAD_ROLES]):
+                problems.append((("load", index, "calls", "pairs"), f"load phase {phase.name!r}: calls need "
+                                 f"remote-user populations; not {', '.join(sorted(set(bad)))}"))
             elif population.role not in LOAD_ROLES:
                 problems.append((("load", index, "clients"), f"load phase {phase.name!r}: {phase.clients!r} is a "
                                  f"{population.role} population; load phases sign users in through the Access Edge, "

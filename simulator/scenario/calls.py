@@ -1,0 +1,548 @@
+"""The ``calls`` load phase: remote users call each other through the pool, ICE then RTP media, measured.
+
+For each call (placed at the phase's ``rate`` until ``calls.count``, round-robin over the ``pairs``):
+
+* the caller and the callee are remote users of their populations, each behind its population's NAT box;
+  each signs in through the Access Edge the lab DNS and its population's resolver policy picked, and gets
+  A/V credentials from MRAS over that connection (provisioning, SERVICE), as a Lync client does;
+* each resolves the pool's A/V name through the lab DNS and takes the first address its policy offers; the
+  401 of the Allocate pins it to that node (ALTERNATE-SERVER, handled by the MS-TURN client);
+* both run an :class:`~simulator.net.clients.ice.IceSession` (host, server-reflexive, relay candidates);
+  the SDP goes through a :class:`Signalling` — SIP (INVITE / 183 / 200 / re-INVITE / BYE through the
+  Access Edges, ``simulator.net.clients.call``) or an in-process hand-over (unit tests);
+* after ICE both sides send the media profile for ``call_duration`` seconds (RTP + RTCP).
+
+Recorded per call: ICE outcome as QoE names it (DIRECT / RELAY / FAILED + warning flags), the selected pair,
+time to connected, checks sent, which pool node relayed each leg, the media figures each way under the
+Network Assessment Tool's names. Aggregated: a caller-NAT × callee-NAT matrix, the node spread of relayed
+legs and the relayed throughput per node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from hdrh.histogram import HdrHistogram
+
+from simulator.core.dns_policy import make_resolver_policy
+from simulator.core.impairment import Impairment, PathImpairment
+from simulator.core.media import MediaProfile, MediaSession, MediaStats, audio_profile, video_profile
+from simulator.lab.access import SIP_TLS_PORT, Account, tls_opener, user_accounts
+from simulator.lab.av import TURN_UDP_PORT
+from simulator.lab.clients import nat_for
+from simulator.lab.names import DNS_PORT
+from simulator.lab.topology import Lab
+from simulator.net.clients.ice import IceFailed, IceOutcome, IceSession
+from simulator.net.clients.media import MediaRunner, ntp_offset
+from simulator.net.clients.sip_client import RemoteUser, SipClient
+from simulator.net.transport.resolver import ResolverError, StubResolver
+from simulator.net.transport.tls import client_context
+from simulator.outcome import ProbeFailure, Reason
+from simulator.spec.schema import CallsSpec, ClientNat, LoadPhase, MediaSpec
+from simulator.wire import mras
+from simulator.wire.stun import Address
+
+MEDIA_LINGER = 0.3  # seconds each side keeps receiving after its BYE (the peer's last packets)
+_MAPPING = {"endpoint-independent": "EIM", "address-dependent": "ADM", "address-and-port-dependent": "APDM"}
+_FILTERING = {"endpoint-independent": "EIF", "address-dependent": "ADF", "address-and-port-dependent": "APDF"}
+
+
+def nat_label(nat: ClientNat | None) -> str:
+    """``EIM/APDF`` (RFC 4787 mapping/filtering) or ``none``."""
+    if nat is None:
+        return "none"
+    return f"{_MAPPING[str(nat.mapping)]}/{_FILTERING[str(nat.filtering)]}"
+
+
+def media_profile(spec: MediaSpec) -> MediaProfile:
+    if spec.kind == "video":
+        return video_profile(frame_rate=spec.frame_rate, frame_size=spec.frame_size, max_payload=spec.max_payload,
+                             rtcp_interval=spec.rtcp_interval)
+    return audio_profile(spec.codec, packets_per_second=spec.packets_per_second, payload_size=spec.payload_size,
+                         rtcp_interval=spec.rtcp_interval)
+
+
+# ----------------------------------------------------------------------------------------- records
+
+
+@dataclass
+class CallRecord:
+    call: int
+    caller: str
+    callee: str
+    caller_population: str
+    callee_population: str
+    caller_nat: str
+    callee_nat: str
+    signalling: str
+    ice: str = "FAILED"
+    warning_flags: int = 0
+    warnings: list[str] = field(default_factory=list)
+    local_type: str | None = None
+    local_transport: str | None = None
+    remote_type: str | None = None
+    remote_transport: str | None = None
+    time_to_connected_ms: float | None = None
+    checks_sent: int = 0
+    relay_nodes: dict[str, str | None] = field(default_factory=lambda: {"caller": None, "callee": None})
+    relayed_legs: list[str] = field(default_factory=list)  # "caller"/"callee": whose selected local is a relay
+    media: dict[str, dict[str, float | int | None]] = field(default_factory=dict)  # "caller"/"callee" → columns
+    error: str | None = None
+
+    @property
+    def pair_type(self) -> str | None:
+        if self.local_type is None:
+            return None
+        return f"{self.local_type}/{self.local_transport}→{self.remote_type}/{self.remote_transport}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"call": self.call, "caller": self.caller, "callee": self.callee,
+                "caller_population": self.caller_population, "callee_population": self.callee_population,
+                "caller_nat": self.caller_nat, "callee_nat": self.callee_nat, "signalling": self.signalling,
+                "ice": self.ice, "warning_flags": self.warning_flags, "warnings": self.warnings,
+                "selected_pair": {"local_type": self.local_type, "local_transport": self.local_transport,
+                                  "remote_type": self.remote_type, "remote_transport": self.remote_transport},
+                "pair_type": self.pair_type,
+                "time_to_connected_ms": None if self.time_to_connected_ms is None
+                else round(self.time_to_connected_ms, 3),
+                "checks_sent": self.checks_sent, "relay_nodes": self.relay_nodes, "relayed_legs": self.relayed_legs,
+                "media": self.media, "error": self.error}
+
+
+def _ttc(values: list[float]) -> dict[str, float | int]:
+    histogram = HdrHistogram(1, 600_000_000, 3)  # µs
+    for value in values:
+        histogram.record_value(max(1, int(value * 1000)))
+    count = histogram.get_total_count()
+    if not count:
+        return {"count": 0}
+    return {"count": count, "p50_ms": histogram.get_value_at_percentile(50) / 1000,
+            "p99_ms": histogram.get_value_at_percentile(99) / 1000, "max_ms": histogram.get_max_value() / 1000}
+
+
+def _media_totals(records: list[CallRecord]) -> dict[str, Any]:
+    sent = received = expected = lost = 0
+    rtt_weighted = 0.0
+    rtt_n = 0
+    jitter: list[float] = []
+    for record in records:
+        for columns in record.media.values():
+            sent += int(columns.get("PacketsSent") or 0)
+            received += int(columns.get("PacketsReceived") or 0)
+            expected += int(columns.get("Expected") or 0)
+            lost += max(0, int(columns.get("PacketsLost") or 0))
+            rtt = columns.get("RoundTripLatencyInMs")
+            samples = int(columns.get("RttSamples") or 0)
+            if rtt is not None and samples:
+                rtt_weighted += float(rtt) * samples
+                rtt_n += samples
+            if columns.get("AverageJitterInMs") is not None:
+                jitter.append(float(columns["AverageJitterInMs"] or 0.0))
+    return {"PacketsSent": sent, "PacketsReceived": received, "PacketsLost": lost,
+            "PacketLossRate": round(lost / expected, 6) if expected else 0.0,
+            "RoundTripLatencyInMs": round(rtt_weighted / rtt_n, 3) if rtt_n else None,
+            "AverageJitterInMs": round(sum(jitter) / len(jitter), 3) if jitter else None}
+
+
+@dataclass
+class CallsReport:
+    records: list[CallRecord] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def matrix(self) -> list[dict[str, Any]]:
+        cells: dict[tuple[str, str], list[CallRecord]] = {}
+        for record in self.records:
+            cells.setdefault((record.caller_nat, record.callee_nat), []).append(record)
+        return [{"caller_nat": caller, "callee_nat": callee, "calls": len(group),
+                 "outcomes": dict(Counter(r.ice for r in group)),
+                 "pair_types": dict(Counter(r.pair_type for r in group if r.pair_type)),
+                 "ttc": _ttc([r.time_to_connected_ms for r in group if r.time_to_connected_ms is not None])}
+                for (caller, callee), group in sorted(cells.items())]
+
+    def to_dict(self, nodes: list[str]) -> dict[str, Any]:
+        legs = Counter(node for r in self.records for leg in r.relayed_legs if (node := r.relay_nodes.get(leg)))
+        relayed_bytes: Counter[str] = Counter()
+        for record in self.records:
+            for leg in record.relayed_legs:
+                node = record.relay_nodes.get(leg)
+                columns = record.media.get(leg, {})
+                if node:
+                    relayed_bytes[node] += int(columns.get("BytesSent") or 0) + int(columns.get("BytesReceived") or 0)
+        elapsed = self.elapsed_s or 1.0
+        by_pair = {}
+        for pair_type in sorted({r.pair_type for r in self.records if r.pair_type}):
+            by_pair[pair_type] = _ttc([r.time_to_connected_ms for r in self.records
+                                       if r.pair_type == pair_type and r.time_to_connected_ms is not None])
+        return {
+            "calls": len(self.records),
+            "notes": list(self.notes),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "outcomes": dict(Counter(r.ice for r in self.records)),
+            "connected": sum(r.ice != "FAILED" for r in self.records),
+            "matrix": self.matrix(),
+            "ttc": _ttc([r.time_to_connected_ms for r in self.records if r.time_to_connected_ms is not None]),
+            "ttc_by_pair_type": by_pair,
+            "relayed_legs": {node: legs.get(node, 0) for node in nodes},
+            "relayed_bytes": {node: relayed_bytes.get(node, 0) for node in nodes},
+            "relayed_kbps": {node: round(relayed_bytes.get(node, 0) * 8 / elapsed / 1000, 3) for node in nodes},
+            "media": _media_totals(self.records),
+            "failures": dict(Counter((r.error or "").split(":")[0] for r in self.records if r.error)),
+            "records": [r.to_dict() for r in self.records],
+        }
+
+
+# ----------------------------------------------------------------------------------------- parties and signalling
+
+
+@dataclass
+class Party:
+    """One signed-in remote user, ready to call or be called."""
+
+    account: Account
+    population: str
+    nat_label: str
+    user: RemoteUser
+    client: SipClient
+    username: str
+    password: str
+    turn_server: Address
+    rng: random.Random
+
+
+Answerer = Callable[[str], Awaitable[str]]
+
+
+class Dialog(Protocol):
+    async def reinvite(self, sdp: str, timeout: float) -> None: ...
+
+    async def bye(self, timeout: float) -> None: ...
+
+
+class Signalling(Protocol):
+    """Carries the caller's offer to the callee's ``answer`` and the answer back; then the dialog."""
+
+    name: str
+
+    async def invite(self, caller: Party, callee: Party, offer: str, answer: Answerer,
+                     timeout: float) -> tuple[str, Dialog]: ...
+
+
+class _NoDialog:
+    async def reinvite(self, sdp: str, timeout: float) -> None:
+        return None
+
+    async def bye(self, timeout: float) -> None:
+        return None
+
+
+class InProcessSignalling:
+    """The SDP handed over in the process (unit tests; no SIP)."""
+
+    name = "in-process"
+
+    async def invite(self, caller: Party, callee: Party, offer: str, answer: Answerer,
+                     timeout: float) -> tuple[str, Dialog]:
+        return await asyncio.wait_for(answer(offer), timeout), _NoDialog()
+
+
+class _SipDialog:
+    def __init__(self, call: Any) -> None:
+        self.call = call
+
+    async def reinvite(self, sdp: str, timeout: float) -> None:
+        await self.call.reinvite(sdp, timeout)
+
+    async def bye(self, timeout: float) -> None:
+        await self.call.bye(timeout)
+
+
+class SipSignalling:
+    """INVITE with the offer through the caller's Access Edge, answer in the 183/200, re-INVITE, BYE
+    (``simulator.net.clients.call``). Several calls to one callee are told apart by the caller's URI."""
+
+    name = "sip"
+
+    def __init__(self) -> None:
+        self.module: Any = importlib.import_module("simulator.net.clients.call")
+        self._pending: dict[tuple[str, str], list[Answerer]] = {}
+        self._last: dict[tuple[str, str], str] = {}
+        self._hooked: set[str] = set()
+
+    def _hook(self, callee: Party) -> None:
+        if callee.account.user in self._hooked:
+            return
+        self._hooked.add(callee.account.user)
+        aor = callee.account.aor
+
+        async def on_invite(request_sdp: str, caller_uri: str) -> str:
+            key = (aor, _bare(caller_uri))
+            waiting = self._pending.get(key)
+            if not waiting:  # a re-INVITE: same answer as before
+                return self._last.get(key, "")
+            answer = await waiting.pop(0)(request_sdp)
+            self._last[key] = answer
+            return answer
+
+        callee.client.on_invite = on_invite
+
+    async def invite(self, caller: Party, callee: Party, offer: str, answer: Answerer,
+                     timeout: float) -> tuple[str, Dialog]:
+        self._hook(callee)
+        self._pending.setdefault((callee.account.aor, caller.account.aor), []).append(answer)
+        call = await self.module.SipCall.invite(caller.client, callee_uri=callee.account.aor, offer_sdp=offer,
+                                                timeout=timeout, caller_uri=caller.account.aor)
+        return str(call.answer_sdp), _SipDialog(call)
+
+
+def _bare(uri: str) -> str:
+    """``<sip:a@b>;tag=x`` → ``sip:a@b``."""
+    uri = uri.strip()
+    if "<" in uri:
+        uri = uri[uri.index("<") + 1:uri.index(">")] if ">" in uri else uri[uri.index("<") + 1:]
+    return uri.split(";")[0]
+
+
+def make_signalling(spec: CallsSpec) -> tuple[Signalling, str | None]:
+    """The signalling the spec asks for; SIP falls back to in-process (with the reason) if not available."""
+    if spec.signalling == "in-process":
+        return InProcessSignalling(), None
+    try:
+        return SipSignalling(), None
+    except ImportError as error:
+        return InProcessSignalling(), f"SIP calls unavailable ({error}): SDP exchanged in-process"
+
+
+# ----------------------------------------------------------------------------------------- the phase
+
+
+class _Phase:
+    def __init__(self, lab: Lab, phase: LoadPhase, spec: CallsSpec, report: CallsReport, timeout: float) -> None:
+        self.lab = lab
+        self.phase = phase
+        self.spec = spec
+        self.report = report
+        self.timeout = timeout
+        self.signalling, self.note = make_signalling(spec)
+        self.parties: dict[str, asyncio.Task[Party]] = {}
+        self.clients = {client.name: client for client in lab.scenario.clients}
+        self.accounts: dict[str, list[Account]] = {}
+        for account in user_accounts(lab):
+            self.accounts.setdefault(lab.plan.host(account.user).owner, []).append(account)
+        self.av_node = {lab.public_address(node.name, "av"): node.name for node in lab.scenario.edge_pool.nodes}
+        self.profile = media_profile(spec.media)
+        self._next_user: Counter[str] = Counter()
+
+    def apply_impairments(self) -> None:
+        names = {pair.caller or self.phase.clients for pair in self.spec.pairs} | {p.callee for p in self.spec.pairs}
+        for name in sorted(names):
+            nat = self.clients[name].nat
+            accounts = self.accounts.get(name, [])
+            if nat is None or nat.impairment is None or not accounts:
+                continue
+            box = nat_for(self.lab, accounts[0].host)
+            if box is not None:
+                path = PathImpairment(inbound=Impairment(**nat.impairment.inbound.model_dump()),
+                                      outbound=Impairment(**nat.impairment.outbound.model_dump()))
+                box.set_impairment(path, random.Random(f"{self.lab.scenario.seed}:impairment:{name}"))
+
+    def pick(self, population: str, avoid: Account | None = None) -> Account:
+        accounts = self.accounts.get(population, [])
+        if not accounts:
+            raise ProbeFailure(Reason.NO_PEER, f"population {population} has no users")
+        for _ in range(len(accounts)):
+            account = accounts[self._next_user[population] % len(accounts)]
+            self._next_user[population] += 1
+            if account != avoid:
+                return account
+        return accounts[0]
+
+    async def party(self, account: Account) -> Party:
+        task = self.parties.get(account.user)
+        if task is None:
+            task = self.parties[account.user] = asyncio.ensure_future(self._sign_in(account))
+        return await asyncio.shield(task)
+
+    async def _sign_in(self, account: Account) -> Party:
+        lab = self.lab
+        population = lab.plan.host(account.user).owner
+        client_spec = self.clients[population]
+        seed = f"{lab.scenario.seed}:calls:{account.user}"
+        policy = make_resolver_policy(str(client_spec.effective_dns_policy), random.Random(seed + ":policy"))
+        resolver = StubResolver(lab.plan.host("dns").address, lab.port_map(DNS_PORT), timeout=self.timeout,
+                                source=account.host)
+        pool = lab.scenario.edge_pool
+        try:
+            access = await resolver.resolve_a(pool.access_fqdn)
+            av = await resolver.resolve_a(pool.av_fqdn)
+        except (ResolverError, OSError) as error:
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"DNS: {error}") from error
+        assert lab.files is not None
+        rng = random.Random(seed)
+        client = await SipClient.connect(access, lab.port_map(SIP_TLS_PORT), client_context(lab.files.ca),
+                                         pool.access_fqdn, self.timeout, rng, source=account.host, policy=policy,
+                                         opener=tls_opener(lab, account.host, self.timeout))
+        try:
+            user = RemoteUser(client, account.user, account.domain, account.password)
+            await user.sign_in(self.timeout)
+            await user.provisioning(self.timeout)
+            answer = await user.request_mras(self.timeout, location=mras.MrasLocation.INTERNET)
+            if answer.credentials is None:
+                raise ProbeFailure(Reason.PROTOCOL_ERROR, "MRAS answered without credentials")
+        except BaseException:
+            await client.close()
+            raise
+        edge = policy.candidates(av, time.monotonic())[0]
+        return Party(account, population, nat_label(client_spec.nat), user, client, answer.credentials.username,
+                     answer.credentials.password, Address(edge, lab.port_map(TURN_UDP_PORT)), rng)
+
+    def _ice(self, party: Party, role: str, runner: MediaRunner) -> IceSession:
+        return IceSession(self.spec.ice, "controlling" if role == "caller" else "controlled",
+                          random.Random(party.rng.getrandbits(64)), hosts=[party.account.host],
+                          nat=nat_for(self.lab, party.account.host), turn_server=party.turn_server,
+                          turn_username=party.username, turn_password=party.password,
+                          on_data=lambda data, _src: runner.datagram_received(data))
+
+    def _media(self, party: Party) -> MediaSession:
+        return MediaSession(self.profile, party.rng.getrandbits(32), random.Random(party.rng.getrandbits(64)),
+                            cname=party.account.aor.removeprefix("sip:"),
+                            ntp_offset=ntp_offset(asyncio.get_running_loop()))
+
+    def _relay_node(self, session: IceSession) -> str | None:
+        pair = session.selected
+        if pair is None or str(pair.local.type) != "relay":
+            return None
+        host = str(pair.local.address.host)
+        return self.av_node.get(host, host)
+
+    async def call(self, index: int, caller_population: str, callee_population: str) -> None:
+        caller_account = self.pick(caller_population)
+        callee_account = self.pick(callee_population, avoid=caller_account)
+        record = CallRecord(index, caller_account.user, callee_account.user, caller_population, callee_population,
+                            nat_label(self.clients[caller_population].nat),
+                            nat_label(self.clients[callee_population].nat), self.signalling.name)
+        self.report.records.append(record)
+        sessions: list[IceSession] = []
+        try:
+            caller, callee = await asyncio.gather(self.party(caller_account), self.party(callee_account))
+            ice: dict[str, IceSession] = {}
+            media = {"caller": MediaRunner(self._media(caller), lambda data: ice["caller"].send(data)),
+                     "callee": MediaRunner(self._media(callee), lambda data: ice["callee"].send(data))}
+            ice["caller"] = self._ice(caller, "caller", media["caller"])
+            ice["callee"] = self._ice(callee, "callee", media["callee"])
+            sessions = list(ice.values())
+            await ice["caller"].gather(self.timeout)
+
+            async def answer(offer: str) -> str:
+                await ice["callee"].gather(self.timeout)
+                ice["callee"].set_remote(offer)
+                return ice["callee"].local_sdp()
+
+            answer_sdp, dialog = await self.signalling.invite(caller, callee, ice["caller"].local_sdp(), answer,
+                                                              self.timeout + self.spec.connect_timeout)
+            ice["caller"].set_remote(answer_sdp)
+            results = await asyncio.gather(*(s.connect(self.spec.connect_timeout) for s in sessions),
+                                           return_exceptions=True)
+            self._record_ice(record, ice)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                record.error = f"ICE: {failed[0]}"
+                with contextlib.suppress(ProbeFailure, OSError, TimeoutError):
+                    await dialog.bye(self.timeout)
+                return
+            await dialog.reinvite(ice["caller"].selected_sdp(), self.timeout)
+            for runner in media.values():
+                runner.start()
+            await asyncio.sleep(self.spec.call_duration)
+            stats = await asyncio.gather(*(runner.stop() for runner in media.values()))
+            await asyncio.sleep(MEDIA_LINGER)
+            for role, runner in media.items():
+                record.media[role] = _columns(runner.session.stats(), stats[0 if role == "caller" else 1])
+            with contextlib.suppress(ProbeFailure, OSError, TimeoutError):
+                await dialog.bye(self.timeout)
+        except (ProbeFailure, OSError, TimeoutError, IceFailed) as error:
+            record.error = record.error or f"{type(error).__name__}: {error}"
+        finally:
+            for session in sessions:
+                with contextlib.suppress(Exception):
+                    await session.close()
+
+    def _record_ice(self, record: CallRecord, ice: dict[str, IceSession]) -> None:
+        outcome: IceOutcome = ice["caller"].outcome()
+        callee_outcome = ice["callee"].outcome()
+        record.ice = outcome.ice if callee_outcome.ice != "FAILED" else "FAILED"
+        record.warning_flags = outcome.warning_flags | callee_outcome.warning_flags
+        record.warnings = [*outcome.warnings, *callee_outcome.warnings]
+        record.local_type, record.local_transport = outcome.local_type, outcome.local_transport
+        record.remote_type, record.remote_transport = outcome.remote_type, outcome.remote_transport
+        record.time_to_connected_ms = None if outcome.time_to_connected is None else outcome.time_to_connected * 1000
+        record.checks_sent = outcome.checks_sent + callee_outcome.checks_sent
+        for role, session in ice.items():
+            node = self._relay_node(session)
+            record.relay_nodes[role] = node
+            if node is not None:
+                record.relayed_legs.append(role)
+
+    async def close(self) -> None:
+        for task in self.parties.values():
+            if task.done() and not task.cancelled() and task.exception() is None:
+                with contextlib.suppress(Exception):
+                    await task.result().client.close()
+            else:
+                task.cancel()
+        await asyncio.gather(*self.parties.values(), return_exceptions=True)
+
+
+def _columns(final: MediaStats, _stopped: MediaStats) -> dict[str, float | int | None]:
+    columns = final.columns()
+    columns["Expected"] = final.expected
+    columns["RttSamples"] = final.rtt_samples
+    for key in ("PacketLossRate", "PacketReorderRatio", "AverageJitterInMs", "RoundTripLatencyInMs", "JitterInMs",
+                "MaxJitterInMs"):
+        value = columns.get(key)
+        if isinstance(value, float):
+            columns[key] = round(value, 6)
+    return columns
+
+
+def phase_span(phase: LoadPhase) -> float:
+    """How long a phase may run: a calls phase also lets its last calls connect, talk and hang up."""
+    if phase.calls is None:
+        return phase.duration
+    return phase.duration + phase.calls.connect_timeout + phase.calls.call_duration + 15.0
+
+
+async def run_calls_phase(lab: Lab, phase: LoadPhase, report: CallsReport, timeout: float) -> None:
+    """Place the phase's calls at its rate (bounded by ``calls.count`` and the phase duration); wait for them."""
+    spec = phase.calls
+    assert spec is not None
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    runner = _Phase(lab, phase, spec, report, timeout)
+    if runner.note:
+        report.notes.append(runner.note)
+    runner.apply_impairments()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        for index in range(spec.count):
+            await asyncio.sleep(max(0.0, start + index / phase.rate - loop.time()))
+            if loop.time() >= start + phase.duration:
+                break
+            pair = spec.pairs[index % len(spec.pairs)]
+            tasks.append(asyncio.create_task(runner.call(len(report.records), pair.caller or phase.clients,
+                                                         pair.callee)))
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runner.close()
+        report.elapsed_s += loop.time() - start
