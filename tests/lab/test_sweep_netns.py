@@ -57,7 +57,7 @@ def test_a_sweep_of_a_users_ruleset_shows_its_hole_and_catches_each_group(tmp_pa
     # DNS over UDP closed: what needs a partner lookup is blocked behind it (README's mutation 6), E9 still fails
     assert steps[("E5",)]["collateral"] == {"E9": "never-arrived"}
     assert "E8" in steps[("E5",)]["blocked"]
-    assert "groups caught" in done.stdout and "[2/2]" in done.stdout
+    assert "2/2 groups caught" in done.stdout and "[ 2/2]" in done.stdout
 
 
 def test_sweep_refuses_bad_input_with_one_line(tmp_path: Path) -> None:
