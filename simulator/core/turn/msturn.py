@@ -121,6 +121,13 @@ class MsTurnHandlers(AllocationTable, ResponseWriter):
             self.transmits.append((alloc.client_sink, out, alloc.client))
             return
         # MS-TURN Data Indication 0x0115: REMOTE-ADDRESS and DATA.
+        dialect = alloc.dialect
+        if len(data) & 3 and dialect.lengths_include_padding:
+            # The rounded legacy form would count padding in DATA's length, so the client would read the
+            # payload with up to 3 NULs appended. DATA is the last attribute and the ones before it are
+            # 4-aligned, so the exact-length form differs only in DATA's length field and the missing
+            # padding: libnice (OC2007R2) reads it, and relayed bytes stay exactly the peer's bytes.
+            dialect = msturn.UNALIGNED.get(dialect, dialect)
         ind = Message(
             msturn.MsTurnMethod.DATA,
             MessageClass.INDICATION,
@@ -130,7 +137,7 @@ class MsTurnHandlers(AllocationTable, ResponseWriter):
                 attr(msturn.REMOTE_ADDRESS, peer),
                 attr(msturn.DATA, bytes(data)),
             ),
-            alloc.dialect,
+            dialect,
         )
         raw = ind.serialize()
         self.transmits.append((alloc.client_sink, frame_control(raw) if alloc.ms_tcp else raw, alloc.client))
