@@ -270,7 +270,9 @@ def add_report_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     merge = actions.add_parser("merge", help="merge side reports (and observations) into one verdict table")
     merge.add_argument("files", nargs="+", metavar="FILE", help="side reports and observation files")
     merge.add_argument("--scenario", required=True, help="the scenario the sides ran")
-    merge.add_argument("--out", default="reports/merged", metavar="DIR", help="where report.json is written")
+    merge.add_argument("--out", default="reports/merged", metavar="DIR",
+                       help="where report.json, report.html (and the load's CSV files) are written")
+    merge.add_argument("--junit", metavar="FILE", help="also write JUnit XML: one testcase per rule")
     merge.set_defaults(handler=_cmd_merge)
 
 
@@ -279,13 +281,21 @@ def _cmd_merge(args: argparse.Namespace, console: Console) -> int:
 
 
 def _merge(args: argparse.Namespace, console: Console) -> int:
-    from simulator.report.render import render_table, write_json
+    from simulator.report.junit import write_junit
+    from simulator.report.outputs import write_run
+    from simulator.report.render import render_table
 
     scenario = _scenario(args.scenario)
     report = _merged(scenario, _read_documents(args.files))
     render_table(report, console)
-    path = write_json(report, args.out)
-    console.print(f"report: {path}")
+    doc = report.to_dict()
+    try:
+        written = write_run(doc, Path(args.out))
+        if args.junit is not None:
+            written.append(write_junit(doc, Path(args.junit)))
+    except OSError as error:
+        raise LabModeError(f"{args.out}: {error.strerror}", EXIT_ENVIRONMENT) from None
+    console.print(f"report: {args.out}/ ({', '.join(path.name for path in written)})", overflow="fold")
     return 0 if report.all_match else 1
 
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -79,8 +80,13 @@ def test_merging_nothing_reports_every_rule_without_evidence(tmp_path: Path) -> 
     observations.write_text(json.dumps({"edgesim_observations": 1, "side": "external", "node": None,
                                         "arrivals": []}))
     done = _edgesim("report", "merge", str(observations), "--scenario", str(FIREWALL_LAB), "--out",
-                    str(tmp_path / "m"))
+                    str(tmp_path / "m"), "--junit", str(tmp_path / "junit.xml"))
     assert done.returncode == 1  # nothing passed: the shipped expectations do not hold
+    # the same outputs as a run: the page and one JUnit testcase per rule, each of them failing here
+    assert (tmp_path / "m" / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
+    suite = ElementTree.parse(tmp_path / "junit.xml").getroot()
+    cases = suite.findall(".//testcase")
+    assert len(cases) == 38 and all(case.find("failure") is not None for case in cases)
     report = json.loads((tmp_path / "m" / "report.json").read_text())
     verdicts = {rule["id"]: (rule["verdict"], rule["reason"], rule["blocked_by"]) for rule in report["rules"]}
     assert len(verdicts) == 38
