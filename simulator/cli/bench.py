@@ -58,6 +58,11 @@ def add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--nameserver", metavar="IP[:PORT]", help="resolve an FQDN --target here (default: system)")
     p.add_argument("--user", type=_user, metavar="U:P", help="long-term credentials (with --secret: U is the "
                    "REST username suffix, P ignored)")
+    p.add_argument("--mras", metavar="SCENARIO", help="credentials from MRAS the way a Lync client gets them: a "
+                   "remote user of SCENARIO (with a deployment: section) signs in on the Access Edge and asks the "
+                   "node's MRAS (use --dialect ms-turn, and target that node's public A/V address)")
+    p.add_argument("--pki", metavar="DIR", help="with --mras: the lab PKI (`edgesim certs`)")
+    p.add_argument("--mras-node", metavar="NODE", help="with --mras: whose MRAS (default: the first node)")
     p.add_argument("--realm", help="expected realm (the server's 401 sets it; a different one is an error)")
     p.add_argument("--secret", help="REST API shared secret (coturn --use-auth-secret --static-auth-secret): "
                    "username 'expiry:user', password base64(HMAC-SHA1(secret, username))")
@@ -136,8 +141,14 @@ def cmd_bench_relay(args: argparse.Namespace, console: Any) -> int:
 
     try:
         thresholds = [bench.Threshold.parse(text) for text in args.threshold]
+        if args.mras is not None:
+            if args.pki is None:
+                raise bench.BenchError("--mras needs --pki DIR (the lab PKI written by `edgesim certs`)")
+            if args.user is not None or args.secret is not None:
+                raise bench.BenchError("--mras replaces --user/--secret: give one of them")
+            args.user = bench.mras_credentials(args.mras, args.pki, args.mras_node, args.timeout)
         if args.user is None and args.secret is None:
-            raise bench.BenchError("--user U:P or --secret S (with --user U:ignored or a default user) is needed")
+            raise bench.BenchError("--user U:P, --secret S or --mras SCENARIO is needed")
         user, password = args.user if args.user is not None else ("edgesim", "")
         if args.executor is not None and not re.fullmatch(r"(dask|tcp)://[^:/\s]+:\d{1,5}", args.executor):
             raise bench.BenchError(f"--executor {args.executor!r}: expected dask://HOST:PORT")

@@ -521,3 +521,55 @@ def evaluate(thresholds: Sequence[Threshold], report: dict[str, Any]) -> list[di
         ok = actual is not None and _OPS[threshold.op](actual, threshold.value)
         out.append({"threshold": threshold.text, "actual": actual, "ok": ok})
     return out
+
+
+# ------------------------------------------------------------------------------------------- MRAS credentials
+
+
+def mras_credentials(scenario_file: str, pki_folder: str, node: str | None, timeout: float) -> tuple[str, str]:
+    """A/V credentials the way a Lync client gets them (research §1.3): a remote user of the scenario signs in on
+    ``node``'s Access Edge at its deployment address (TLS 443, through the user's NAT if the scenario gives it
+    one), reads the mrasUri from provisioning and sends SERVICE to it; the Director routes it to that node's MRAS
+    (5062), whose store the node's A/V Edge checks. Needs the scenario's ``deployment:`` and its PKI
+    (``edgesim certs``), as ``edgesim probe --side external`` does; runs from the external side."""
+    import asyncio
+
+    from simulator.lab.access import request_mras_credentials
+    from simulator.lab.pki import PkiFolderError, read_pki
+    from simulator.lab.topology import Lab, Placement
+    from simulator.outcome import ProbeFailure
+    from simulator.spec.loader import ScenarioError, load_scenario
+
+    try:
+        scenario = load_scenario(scenario_file)
+    except ScenarioError as error:
+        raise BenchError(f"--mras: {error.problems[0] if error.problems else error}") from None
+    except OSError as error:
+        raise BenchError(f"--mras {scenario_file}: {error.strerror}", environment=True) from None
+    if scenario.deployment is None:
+        raise BenchError(f"--mras {scenario_file}: no deployment: section (the Access Edge's real addresses)")
+    names = [n.name for n in scenario.edge_pool.nodes]
+    chosen = node or names[0]
+    if chosen not in names:
+        raise BenchError(f"--mras-node {chosen!r}: the scenario's nodes are {', '.join(names)}")
+    try:
+        pki, files = read_pki(scenario, pki_folder)
+    except PkiFolderError as error:
+        raise BenchError(f"--pki: {error}", environment=True) from None
+    lab = Lab(scenario, pki, placement=Placement(deployed=True, nodes=frozenset(), internal=False, external=False,
+                                                 client_nats=True), pki_files=files)
+
+    async def ask() -> tuple[str, str]:
+        async with lab:
+            answer = await request_mras_credentials(lab, chosen, timeout=timeout)
+        if answer.credentials is None:
+            raise BenchError("--mras: MRAS answered without credentials", environment=True)
+        return answer.credentials.username, answer.credentials.password
+
+    try:
+        return asyncio.run(ask())
+    except ProbeFailure as failure:
+        raise BenchError(f"--mras: no credentials from {chosen}'s MRAS: {failure.reason}: {failure.detail}",
+                         environment=True) from None
+    except OSError as error:
+        raise BenchError(f"--mras: {error.strerror or error}", environment=True) from None

@@ -161,3 +161,33 @@ def test_one_firewall_change_moves_exactly_the_rules_it_must(split_lab: SplitLab
         if why is not None:
             assert moved[rule_id][1] == why, (rule_id, moved[rule_id], output[-4000:])
     assert code == 1  # the shipped expectations (all pass) no longer hold
+
+
+def test_bench_relay_takes_mras_credentials_through_the_access_edge(split_lab: SplitLab) -> None:
+    """`edgesim bench relay --mras`: credentials as a Lync client gets them (sign-in on 443 through the firewall,
+    SERVICE to the node's MRAS over 5062 from the Director), then MS-TURN allocations on that node's public A/V
+    address through the firewall's 1:1 NAT. Another node's MRAS does not authenticate here: each node checks
+    its own store (the split lab has no shared one)."""
+    split_lab.load()
+    split_lab.serve_all()
+    deployment = split_lab.scenario.deployment
+    assert deployment is not None
+    target = f"{deployment.nodes['edge1'].av.public}:3478"
+
+    def bench(node: str, out: str) -> tuple[int, dict[str, Any]]:
+        folder = split_lab.tmp / out
+        done = subprocess.run(split_lab._in("ext", "bench", "relay", "--target", target, "--dialect", "ms-turn",
+                                            "--mras", str(FIREWALL_LAB), "--pki", str(split_lab.pki),
+                                            "--mras-node", node, "--bind", split_lab.net.ext_client, "--count", "40",
+                                            "--concurrency", "8", "--quiet", "--json", "--out", str(folder)),
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert (folder / "report.json").exists(), done.stdout[-2000:] + done.stderr[-2000:]
+        return done.returncode, json.loads((folder / "report.json").read_text())
+
+    code, report = bench("edge1", "bench-edge1")
+    assert code == 0 and report["ok"] == 40 and report["failures"] == {}, report["failures"]
+    relays = split_lab.scenario.edge_pool.relay_ports
+    assert all(relays.first <= int(port) <= relays.last for port in report["ports"]["histogram"])
+    code, report = bench("edge2", "bench-edge2")
+    assert report["ok"] == 0 and set(report["failures"]) == {"auth"}, report["failures"]
+    split_lab.stop_servers()
