@@ -12,6 +12,11 @@ Three closed-loop phases per server and run, each bounded in time (``--phase-sec
   UDP echo), then 100-byte ChannelData echoed through the relay with ``--relay-window`` in flight per
   allocation. Each round trip is two relayed packets (client->peer, peer->client): pkt/s = 2 x echoes/s.
 
+``--workers N`` (N > 1): edgesim runs ``serve av-edge --workers N`` (N processes sharing the ports with
+SO_REUSEPORT) and coturn ``--relay-threads N``; server CPU is then summed over the server's process tree.
+SO_REUSEPORT spreads 5-tuples by hash, so use enough sockets/allocations for both workers to get a share
+(e.g. ``--binding-sockets 32 --binding-window 8 --relay-allocations 32 --relay-window 8``).
+
 Fairness: both servers run at the same time, each pinned with ``taskset -c SERVER_CPUS`` (coturn keeps its
 per-CPU threads, but they share the same core budget as edgesim's one process); the client and the echo
 peer are pinned to ``CLIENT_CPUS``. Servers and phases are interleaved per run, so drift hits both
@@ -83,10 +88,30 @@ class ClientAddresses:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads) from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of a process (all its threads) and of its live descendants (``serve av-edge --workers N``
+    runs its workers as child processes), from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # exited meanwhile
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total + sum(cpu_seconds(child) for child in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as handle:
+                out.extend(int(child) for child in handle.read().split())
+        except OSError:
+            continue
+    return out
 
 
 class PhaseClock:
@@ -538,17 +563,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-cpus", default="0", help="taskset CPU list for both servers ('' = no pinning)")
     parser.add_argument("--client-cpus", default="1", help="CPU list for this client and the echo peer")
     parser.add_argument("--servers", default="coturn,edgesim", help="comma list of coturn, edgesim")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="edgesim serve av-edge --workers N against coturn --relay-threads N (default 1: "
+                        "both as before)")
     args = parser.parse_args(argv)
     if not 0 < args.phase_seconds <= 10 or not 0 < args.runs <= 20:
         parser.error("--phase-seconds must be in (0, 10] and --runs in 1..20")
     args.seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     wanted = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+    coturn_threads = ["--relay-threads", str(args.workers)] if args.workers > 1 else []
+    edgesim_workers = ["--workers", str(args.workers)] if args.workers > 1 else []
 
     print(f"seed={args.seed} {machine()}")
     print("versions: " + " ".join(f"{k}={v}" for k, v in versions().items()))
     print(f"servers pinned to CPU {args.server_cpus or '-'}; "
           f"client + echo peer pinned to CPU {args.client_cpus or '-'}; "
-          f"{args.runs} runs x {args.phase_seconds} s per phase (+{args.warmup_seconds} s warm-up)")
+          f"{args.runs} runs x {args.phase_seconds} s per phase (+{args.warmup_seconds} s warm-up)"
+          + (f"; edgesim --workers {args.workers}, coturn --relay-threads {args.workers}" if args.workers > 1 else ""))
     server_cpus = args.server_cpus or None
     if args.client_cpus:
         pin_self(args.client_cpus)
@@ -562,13 +595,15 @@ def main(argv: list[str] | None = None) -> int:
             if "coturn" in wanted:
                 servers.append(ServerRuns(turnpeers.start_coturn(
                     workdir, relay_range=(50000, 59999), cpu_list=server_cpus,
-                    extra=["--max-allocate-lifetime", "3600", "--total-quota", "0", "--user-quota", "0"],
+                    extra=["--max-allocate-lifetime", "3600", "--total-quota", "0", "--user-quota", "0",
+                           *coturn_threads],
                 )))
             if "edgesim" in wanted:
                 available, why = turnpeers.edgesim_serve_available()
                 if available:
                     servers.append(ServerRuns(turnpeers.start_edgesim(
-                        workdir, relay_range=(50000, 59999), cpu_list=server_cpus, extra=["--seed", str(args.seed)],
+                        workdir, relay_range=(50000, 59999), cpu_list=server_cpus,
+                        extra=["--seed", str(args.seed), *edgesim_workers], ready_timeout=60.0,
                     )))
                 else:
                     skipped["edgesim"] = why
@@ -609,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {
         "seed": args.seed,
         "runs": args.runs,
+        "workers": args.workers,
         **{f"{kind}_{phase}_per_s": round(m.rate) for kind, phases in medians.items() for phase, m in phases.items()},
         **{f"{kind}_{phase}_server_us": round(m.server_us_per_op, 2) for kind, phases in medians.items()
            for phase, m in phases.items()},

@@ -226,7 +226,9 @@ def add_serve_av_edge(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "av-edge",
         help="run one A/V Edge (TURN + MS-TURN on UDP and TCP) any TURN client can use",
         description="Run one A/V Edge interface. Prints 'av-edge ready udp=HOST:PORT tcp=HOST:PORT' when "
-        "listening; stops cleanly on SIGINT/SIGTERM.",
+        "listening; stops cleanly on SIGINT/SIGTERM. With --workers N (N > 1) N processes serve it: each owns a "
+        "slice of the relay range (printed before the ready line), --max-allocations is split among them and "
+        "--user-quota counts per worker.",
     )
     p.add_argument("--listen", required=True, type=_address, help="address the listeners bind (private A/V)")
     p.add_argument("--public", required=True, type=_address, help="address responses advertise (1:1 NAT public)")
@@ -242,12 +244,26 @@ def add_serve_av_edge(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument("--max-allocations", type=int, help="total allocation quota (486 beyond)")
     p.add_argument("--user-quota", type=int, help="allocations per username (486 beyond)")
     p.add_argument("--seed", type=int, help="seed for nonces, ports and connection IDs (default: random)")
+    p.add_argument("--workers", type=_workers, default=1, metavar="N",
+                   help="serve with N processes sharing the listening ports (SO_REUSEPORT), each with its own "
+                   "slice of the relay range; 'auto': one per core (default 1: one process)")
     add_observability(p, tls=False)
     p.set_defaults(handler=_cmd_serve_av_edge)
 
 
+def _workers(text: str) -> int:
+    from simulator.net.edge.workers import parse_workers
+
+    try:
+        return parse_workers(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 async def serve_av_edge(args: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM; print the ready line once listening."""
+    if getattr(args, "workers", 1) > 1:
+        return await serve_av_edge_workers(args)
     from simulator.core.credentials import CredentialStore
     from simulator.net.edge.av_edge import AvEdgeServer
 
@@ -298,6 +314,46 @@ async def serve_av_edge(args: argparse.Namespace) -> int:
         await edge.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    return 0
+
+
+async def serve_av_edge_workers(args: argparse.Namespace) -> int:
+    """``serve av-edge --workers N`` (N > 1): the parent starts the workers, serves the merged metrics, stops them."""
+    from simulator.lab.metrics import Sources
+    from simulator.net.edge.workers import WorkerPool
+
+    first, last = args.relay_range
+    if last - first + 1 < args.workers:
+        print(f"edgesim: serve av-edge: relay range {first}-{last} is smaller than {args.workers} workers",
+              file=sys.stderr)
+        return 2
+    pool = WorkerPool.plan(
+        args.workers, listen=args.listen, public=args.public, relay_bind=args.relay_bind, udp_port=args.udp_port,
+        tcp_port=args.tcp_port, first_port=first, last_port=last, users=tuple(args.user), realm=args.realm,
+        secret=args.secret, max_allocations=args.max_allocations, user_quota=args.user_quota, seed=args.seed)
+    hosts = [args.listen, args.public, *([args.relay_bind] if args.relay_bind else [])]
+    started = False
+
+    def sources() -> Sources:
+        return Sources(av_edges=pool.av_edges(args.public, args.listen) if started else [])
+
+    try:
+        async with observed(args, "av-edge", sources, hosts):
+            try:
+                await pool.start()
+            except OSError as error:
+                raise EnvironmentProblem(str(error)) from None
+            started = True
+            sys.stdout.write(f"av-edge workers {args.workers} relay {pool.slices()}\n"
+                             f"av-edge ready udp={args.listen}:{pool.udp_port} tcp={args.listen}:{pool.tcp_port}\n")
+            sys.stdout.flush()
+            await wait_for_stop(None)
+        print(f"av-edge {pool.describe()}", flush=True)
+    except EnvironmentProblem as error:
+        return _environment_error("av-edge", error)
+    finally:
+        started = False
+        await pool.stop()
     return 0
 
 

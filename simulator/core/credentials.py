@@ -6,7 +6,8 @@ Three sources, checked in this order by :meth:`CredentialStore.password_for`:
 * **issued** credentials — what the Access Edge's A/V Authentication service (MRAS, SIP 5062) hands
   out: a username/password pair valid until ``expires_at`` (MRAS ``duration`` minutes; 480 by default);
   one store is shared by every A/V Edge of a pool, as MRAS credentials are valid on any node;
-* **REST API** ephemeral credentials (draft-uberti-behave-turn-rest, as coturn's ``use-auth-secret``):
+* **REST API** ephemeral credentials (draft-uberti-behave-turn-rest, as coturn's ``use-auth-secret``;
+  :func:`derived_credential` issues MRAS credentials this way, for A/V Edges running several workers):
   username ``"<expiry unix time>:<user>"``, password ``base64(HMAC-SHA1(secret, username))``.
 
 Sans-I/O: ``now`` is passed in (seconds, the same clock the TURN core runs on).
@@ -32,6 +33,18 @@ def rest_password(secret: str, username: str) -> str:
     """The REST API password of ``username`` under ``secret``."""
     digest = hmac.new(secret.encode("utf-8"), username.encode("utf-8"), hashlib.sha1).digest()
     return base64.b64encode(digest).decode("ascii")
+
+
+def derived_credential(secret: str, identity: str, expires_at: float) -> IssuedCredential:
+    """An MRAS credential any A/V Edge process holding ``secret`` can verify without a shared store.
+
+    The username encodes the expiry (``"<expiry unix time>:<identity>"``) and the password is
+    ``base64(HMAC-SHA1(secret, username))``, coturn's REST API scheme (``use-auth-secret``): a store built
+    with ``rest_secret=secret`` accepts it until ``expires_at`` (whole seconds), whichever worker checks it.
+    """
+    expiry = int(expires_at)
+    username = f"{expiry}:{identity}"
+    return IssuedCredential(username, rest_password(secret, username), float(expiry), identity)
 
 
 class CredentialStore:

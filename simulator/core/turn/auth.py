@@ -38,6 +38,14 @@ class Authenticator:
         self._public_udp = Address(alternate, config.udp_port)
         self._public_tcp = Address(alternate, config.tcp_port)
 
+    def use_secret(self, secret: bytes) -> None:
+        """Sign nonces with ``secret`` from now on (the workers of one ``serve av-edge --workers N`` share one,
+        so a nonce handed out by one worker is valid on every other); forgets what the old secret made."""
+        self._secret = secret
+        self._nonce_by_host.clear()
+        self._good_nonces.clear()
+        self._challenges.clear()
+
     def make_nonce(self, host: str, now: float) -> str:
         """The nonce for ``host`` this second (the same string for the same host and second)."""
         expiry = int(now + self.config.nonce_lifetime)

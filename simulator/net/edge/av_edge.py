@@ -447,6 +447,11 @@ class AvEdgeServer:
     nodes (MRAS fills it). Ports 0 bind ephemeral ports; ``udp_address``/``tcp_address`` tell the
     bound ones after ``start()``. Implements the lab's ``Service`` protocol (``running``, ``start``,
     ``stop``).
+
+    One worker of ``serve av-edge --workers N`` (:mod:`simulator.net.edge.workers`) passes ``reuse_port`` (the
+    listeners join a SO_REUSEPORT group), ``nonce_secret`` (shared by the workers), ``core_random`` (the core's
+    RNG: connection IDs that name the worker) and ``stream_factory`` (the TCP listener's protocol: RFC 6062
+    hand-over). Their defaults leave a single server exactly as it was.
     """
 
     def __init__(
@@ -468,6 +473,10 @@ class AvEdgeServer:
         ports: RelayPortAllocator | None = None,
         nat_view: PoolNatView | None = None,
         clock: UnixLoopClock | None = None,
+        reuse_port: bool = False,
+        nonce_secret: bytes | None = None,
+        core_random: Callable[[int], random.Random] = random.Random,
+        stream_factory: Callable[[AvEdgeServer], asyncio.Protocol] | None = None,
     ) -> None:
         self.listen_host = listen_host
         self.public_host = public_host
@@ -480,6 +489,12 @@ class AvEdgeServer:
         self.user_quota = user_quota
         self.seed = seed if seed is not None else random.SystemRandom().getrandbits(32)
         self.extra_config = config or {}
+        # ``serve av-edge --workers N`` (simulator.net.edge.workers): listeners shared with SO_REUSEPORT, one nonce
+        # secret for every worker, connection IDs that name their worker, data connections handed over to it.
+        self.reuse_port = reuse_port
+        self.nonce_secret = nonce_secret
+        self.core_random = core_random
+        self.stream_factory = stream_factory
         self.nat_view = nat_view  # the pool's 1:1 NAT misconfigurations, when the lab emulates them
         self.arrivals: ArrivalLog | None = None  # firewall lab mode: what reached the listeners (set at start)
         self.public_udp_port = udp_port
@@ -553,6 +568,9 @@ class AvEdgeServer:
         udp_sock = socket.socket(family, socket.SOCK_DGRAM)
         tcp_sock = socket.socket(family, socket.SOCK_STREAM)
         try:
+            if self.reuse_port:
+                udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                tcp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             udp_sock.setblocking(False)
             udp_sock.bind((self.listen_host, self.udp_port))
             tcp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -581,15 +599,19 @@ class AvEdgeServer:
             **extra,
         )
         self._core = TurnServer(
-            cfg, credentials=self.credentials, ports=self.ports, relays=self._binder, rng=random.Random(self.seed)
+            cfg, credentials=self.credentials, ports=self.ports, relays=self._binder, rng=self.core_random(self.seed)
         )
+        if self.nonce_secret is not None:
+            self._core._auth.use_secret(self.nonce_secret)
         try:
             listener = _UdpListener(self)
             self._udp = listener
             transport, _ = await loop.create_datagram_endpoint(lambda: listener, sock=udp_sock)
             self._udp_transport = transport
             self._core.udp_sink = listener
-            self._tcp_server = await loop.create_server(lambda: _Stream(self), sock=tcp_sock)
+            factory = self.stream_factory
+            self._tcp_server = await loop.create_server(
+                (lambda: _Stream(self)) if factory is None else (lambda: factory(self)), sock=tcp_sock)
         except BaseException:
             await self.stop()
             udp_sock.close()
