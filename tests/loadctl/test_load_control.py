@@ -19,6 +19,7 @@ import pytest
 from simulator.scenario.load import LoadMeter, pace
 from simulator.spec.schema import LoadPhase
 from tests.conftest import ROOT
+from tests.report.helpers import scenario_text
 
 SHIPPED = ROOT / "scenarios" / "lync2013-scaled-edge-dns-nat.yaml"
 RAMP = ("--rate", "5", "--rate-increase", "5", "--rate-interval", "1", "--rate-max", "20", "--duration", "4")
@@ -33,8 +34,7 @@ def close_to(achieved: float, target: float) -> bool:
 
 @pytest.fixture
 def scenario(tmp_path: Path) -> Path:
-    text = SHIPPED.read_text(encoding="utf-8")
-    text = text.replace("seed: 2013\n", "seed: 2013\nlab: {loopback_prefix: '127.86'}\n", 1)  # this helper's /16
+    text = scenario_text("127.86")  # the sign-in phase alone: the ramp drives it; calls have their own tests
     text = text.replace("    role: remote-user\n    count: 4\n", "    role: remote-user\n    count: 60\n", 1)
     path = tmp_path / "ramp.yaml"
     path.write_text(text, encoding="utf-8")
