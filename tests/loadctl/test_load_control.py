@@ -21,7 +21,6 @@ from simulator.spec.schema import LoadPhase
 from tests.conftest import ROOT
 from tests.report.helpers import scenario_text
 
-SHIPPED = ROOT / "scenarios" / "lync2013-scaled-edge-dns-nat.yaml"
 RAMP = ("--rate", "5", "--rate-increase", "5", "--rate-interval", "1", "--rate-max", "20", "--duration", "4")
 QUICK = ("--rules", "E1", "--loop", "asyncio")
 LIVE = re.compile(r"^t=(\d+\.\d)s rate=([\d.]+)/s target=([\d.]+)/s in_flight=\d+ ok=\d+ failed=\d+ "
