@@ -136,6 +136,12 @@ def render_calls(calls: dict[str, Any], console: Console) -> None:
     console.print(f"media: {media['PacketsSent']} packets sent, loss {media['PacketLossRate']:.3%}, "
                   f"RTT {'—' if rtt is None else f'{rtt:.1f} ms'}, jitter {media['AverageJitterInMs'] or 0:.1f} ms",
                   overflow="fold")
+    lost_by_node = calls.get("media_lost_by_node") or {}
+    if lost_by_node:  # calls that lost their media mid-call (their relay's A/V Edge stopped): per node
+        ended = calls.get("ended", {})
+        nodes = ", ".join(f"{node} {count}" for node, count in sorted(lost_by_node.items()))
+        console.print(f"ended: {ended.get('completed', 0)} completed, {ended.get('media-lost-mid-call', 0)} "
+                      f"media-lost-mid-call (through {nodes})", overflow="fold")
     for note in calls.get("notes", []):
         console.print(f"note: {note}", overflow="fold")
 

@@ -46,11 +46,14 @@ from simulator.net.clients.sip_client import RemoteUser, SipClient
 from simulator.net.transport.resolver import ResolverError, StubResolver
 from simulator.net.transport.tls import client_context
 from simulator.outcome import ProbeFailure, Reason
-from simulator.spec.schema import CallsSpec, ClientNat, LoadPhase, MediaSpec
+from simulator.spec.schema import CallsSpec, ClientNat, LoadPhase, MediaSpec, Scenario
 from simulator.wire import mras
 from simulator.wire.stun import Address
 
 MEDIA_LINGER = 0.3  # seconds each side keeps receiving after its BYE (the peer's last packets)
+WATCH_INTERVAL = 0.25  # seconds between two looks at each side's received-packet count during a call
+COMPLETED = "completed"
+MEDIA_LOST = "media-lost-mid-call"
 _MAPPING = {"endpoint-independent": "EIM", "address-dependent": "ADM", "address-and-port-dependent": "APDM"}
 _FILTERING = {"endpoint-independent": "EIF", "address-dependent": "ADF", "address-and-port-dependent": "APDF"}
 
@@ -96,6 +99,19 @@ class CallRecord:
     relayed_legs: list[str] = field(default_factory=list)  # "caller"/"callee": whose selected local is a relay
     media: dict[str, dict[str, float | int | None]] = field(default_factory=dict)  # "caller"/"callee" → columns
     error: str | None = None
+    phase: str = ""
+    # how a connected call ended: completed (its whole call_duration of media) or media-lost-mid-call (a side
+    # received nothing for calls.media_timeout seconds, e.g. its relay's A/V Edge stopped); None: never connected
+    ended: str | None = None
+    ended_after_s: float | None = None
+    ended_reason: str | None = None
+
+    @property
+    def ended_nodes(self) -> list[str]:
+        """The pool nodes the call's media went through when it lost its media (its relays), else []."""
+        if self.ended != MEDIA_LOST:
+            return []
+        return sorted({node for leg in self.relayed_legs if (node := self.relay_nodes.get(leg))})
 
     @property
     def pair_type(self) -> str | None:
@@ -114,7 +130,9 @@ class CallRecord:
                 "time_to_connected_ms": None if self.time_to_connected_ms is None
                 else round(self.time_to_connected_ms, 3),
                 "checks_sent": self.checks_sent, "relay_nodes": self.relay_nodes, "relayed_legs": self.relayed_legs,
-                "media": self.media, "error": self.error}
+                "media": self.media, "error": self.error, "phase": self.phase, "ended": self.ended,
+                "ended_after_s": None if self.ended_after_s is None else round(self.ended_after_s, 3),
+                "ended_reason": self.ended_reason, "ended_nodes": self.ended_nodes}
 
 
 def _ttc(values: list[float]) -> dict[str, float | int]:
@@ -195,6 +213,9 @@ class CallsReport:
             "relayed_bytes": {node: relayed_bytes.get(node, 0) for node in nodes},
             "relayed_kbps": {node: round(relayed_bytes.get(node, 0) * 8 / elapsed / 1000, 3) for node in nodes},
             "media": _media_totals(self.records),
+            "media_completed": _media_totals([r for r in self.records if r.ended == COMPLETED]),
+            "ended": dict(Counter(r.ended for r in self.records if r.ended)),
+            "media_lost_by_node": dict(Counter(node for r in self.records for node in r.ended_nodes)),
             "failures": dict(Counter((r.error or "").split(":")[0] for r in self.records if r.error)),
             "records": [r.to_dict() for r in self.records],
         }
@@ -423,12 +444,28 @@ class _Phase:
         host = str(pair.local.address.host)
         return self.av_node.get(host, host)
 
-    async def call(self, index: int, caller_population: str, callee_population: str) -> None:
+    def plan(self, caller_population: str, callee_population: str) -> tuple[Account, Account]:
         caller_account = self.pick(caller_population)
-        callee_account = self.pick(callee_population, avoid=caller_account)
+        return caller_account, self.pick(callee_population, avoid=caller_account)
+
+    async def sign_in_all(self, accounts: list[Account], concurrency: int = 32) -> None:
+        """Sign these users in ahead of the calls, ``concurrency`` at a time (failures show in their calls)."""
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(account: Account) -> None:
+            async with slots:
+                with contextlib.suppress(ProbeFailure, OSError, TimeoutError):
+                    await self.party(account)
+
+        await asyncio.gather(*(one(account) for account in accounts))
+
+    async def call(self, index: int, caller_population: str, callee_population: str,
+                   accounts: tuple[Account, Account] | None = None) -> None:
+        caller_account, callee_account = accounts or self.plan(caller_population, callee_population)
         record = CallRecord(index, caller_account.user, callee_account.user, caller_population, callee_population,
                             nat_label(self.clients[caller_population].nat),
-                            nat_label(self.clients[callee_population].nat), self.signalling.name)
+                            nat_label(self.clients[callee_population].nat), self.signalling.name,
+                            phase=self.phase.name)
         self.report.records.append(record)
         sessions: list[IceSession] = []
         try:
@@ -461,7 +498,7 @@ class _Phase:
             await dialog.reinvite(ice["caller"].selected_sdp(), self.timeout)
             for runner in media.values():
                 runner.start()
-            await asyncio.sleep(self.spec.call_duration)
+            await self._talk(record, media)
             stats = await asyncio.gather(*(runner.stop() for runner in media.values()))
             await asyncio.sleep(MEDIA_LINGER)
             for role, runner in media.items():
@@ -474,6 +511,27 @@ class _Phase:
             for session in sessions:
                 with contextlib.suppress(Exception):
                     await session.close()
+
+    async def _talk(self, record: CallRecord, media: dict[str, MediaRunner]) -> None:
+        """Media for ``call_duration``; ends early (media-lost-mid-call) when a side hears nothing for
+        ``media_timeout`` seconds — what a client does when its relay goes away (no ICE restart here)."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        end = began + self.spec.call_duration
+        heard = {role: (0, began) for role in media}
+        while (now := loop.time()) < end:
+            await asyncio.sleep(min(WATCH_INTERVAL, end - now))
+            now = loop.time()
+            for role, runner in media.items():
+                received = runner.session.stats().packets_received
+                if received != heard[role][0]:
+                    heard[role] = (received, now)
+                elif now - heard[role][1] >= self.spec.media_timeout:
+                    record.ended, record.ended_after_s = MEDIA_LOST, now - began
+                    record.ended_reason = (f"{role} received no media for {self.spec.media_timeout:g} s "
+                                           f"({received} packets before)")
+                    return
+        record.ended, record.ended_after_s = COMPLETED, loop.time() - began
 
     def _record_ice(self, record: CallRecord, ice: dict[str, IceSession]) -> None:
         outcome: IceOutcome = ice["caller"].outcome()
@@ -513,11 +571,50 @@ def _columns(final: MediaStats, _stopped: MediaStats) -> dict[str, float | int |
     return columns
 
 
+def check_calls(report: CallsReport, scenario: Scenario) -> list[str]:
+    """What the calls contradict in their phases' ``calls.expect``; empty when all holds."""
+    nodes = [node.name for node in scenario.edge_pool.nodes]
+    problems: list[str] = []
+    for phase in scenario.load:
+        expect = phase.calls.expect if phase.calls is not None else None
+        if expect is None:
+            continue
+        label = f"calls phase {phase.name!r}"
+        records = [r for r in report.records if r.phase == phase.name]
+        if not records:
+            problems.append(f"{label}: no call was placed")
+            continue
+        if expect.all_connected and (failed := [r for r in records if r.ice == "FAILED"]):
+            problems.append(f"{label}: {len(failed)}/{len(records)} calls did not connect (call {failed[0].call}: "
+                            f"{failed[0].error})")
+        if expect.relay_spread_tolerance is not None:
+            legs = Counter(node for r in records for leg in r.relayed_legs if (node := r.relay_nodes.get(leg)))
+            total = sum(legs.values())
+            if total < max(1, expect.min_relayed_legs):
+                problems.append(f"{label}: {total} relayed legs, fewer than {max(1, expect.min_relayed_legs)} to "
+                                "judge the relay spread on")
+            else:
+                for node in nodes:
+                    share = legs.get(node, 0) / total
+                    if abs(share - 1 / len(nodes)) > expect.relay_spread_tolerance:
+                        problems.append(f"{label}: {node} relayed {share:.0%} of {total} relayed legs, outside "
+                                        f"{1 / len(nodes):.0%} ± {expect.relay_spread_tolerance:.0%}")
+        if expect.max_loss is not None:
+            media = _media_totals([r for r in records if r.ended == COMPLETED])
+            if not media["PacketsSent"]:
+                problems.append(f"{label}: no call completed its media")
+            elif media["PacketLossRate"] >= expect.max_loss:
+                problems.append(f"{label}: media loss {media['PacketLossRate']:.3%} over the completed calls, not "
+                                f"below {expect.max_loss:.3%}")
+    return problems
+
+
 def phase_span(phase: LoadPhase) -> float:
     """How long a phase may run: a calls phase also lets its last calls connect, talk and hang up."""
     if phase.calls is None:
         return phase.duration
-    return phase.duration + phase.calls.connect_timeout + phase.calls.call_duration + 15.0
+    sign_in = 2 * phase.calls.count / 25 if phase.calls.sign_in_first else 0.0  # ≥ 25 sign-ins/s
+    return phase.duration + sign_in + phase.calls.connect_timeout + phase.calls.call_duration + 15.0
 
 
 async def run_calls_phase(lab: Lab, phase: LoadPhase, report: CallsReport, timeout: float) -> None:
@@ -525,24 +622,30 @@ async def run_calls_phase(lab: Lab, phase: LoadPhase, report: CallsReport, timeo
     spec = phase.calls
     assert spec is not None
     loop = asyncio.get_running_loop()
-    start = loop.time()
+    began = start = loop.time()
     runner = _Phase(lab, phase, spec, report, timeout)
     if runner.note:
         report.notes.append(runner.note)
     runner.apply_impairments()
     tasks: list[asyncio.Task[None]] = []
+    pairs = [(pair.caller or phase.clients, pair.callee) for pair in spec.pairs]
+    plans = [runner.plan(*pairs[index % len(pairs)]) for index in range(spec.count)]
     try:
+        if spec.sign_in_first:
+            await runner.sign_in_all(list(dict.fromkeys(account for plan in plans for account in plan)))
+            start = loop.time()
+            report.notes.append(f"{len(runner.parties)} users signed in before the first call "
+                                f"({start - began:.1f} s)")
         for index in range(spec.count):
             await asyncio.sleep(max(0.0, start + index / phase.rate - loop.time()))
             if loop.time() >= start + phase.duration:
                 break
-            pair = spec.pairs[index % len(spec.pairs)]
-            tasks.append(asyncio.create_task(runner.call(len(report.records), pair.caller or phase.clients,
-                                                         pair.callee)))
+            tasks.append(asyncio.create_task(runner.call(len(report.records), *pairs[index % len(pairs)],
+                                                         accounts=plans[index])))
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await runner.close()
-        report.elapsed_s += loop.time() - start
+        report.elapsed_s += loop.time() - start  # the calls' own time, sign-in ahead of them left out

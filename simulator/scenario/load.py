@@ -38,7 +38,7 @@ from simulator.net.clients.sip_client import RemoteUser, SipClient
 from simulator.net.transport.resolver import ResolverError, StubResolver
 from simulator.net.transport.tls import client_context
 from simulator.outcome import ProbeFailure
-from simulator.scenario.calls import CallsReport, phase_span, run_calls_phase
+from simulator.scenario.calls import CallsReport, check_calls, phase_span, run_calls_phase
 from simulator.spec.schema import DnsPolicy, LoadPhase, Scenario, StopNode
 
 LEGACY_RETRIES = 3
@@ -231,7 +231,7 @@ def check_load(report: LoadReport, scenario: Scenario) -> list[str]:
                 problems.append(f"{session.user} (legacy) was not reported lost")
         if not stopped:
             problems.append("expect_load.failover is set but no event stopped a node's Access Edge")
-    return problems
+    return problems + check_calls(report.calls, scenario)
 
 
 async def _apply(lab: Lab, event: StopNode) -> dict[str, Any]:

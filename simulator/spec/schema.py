@@ -275,6 +275,17 @@ class CallPair(_Model):
     callee: Name
 
 
+class CallsExpectation(_Model):
+    """What a calls phase must show for ``edgesim run`` to exit 0 (all optional)."""
+
+    all_connected: bool = Field(False, description="every call's ICE connected (DIRECT or RELAY)")
+    relay_spread_tolerance: float | None = Field(None, gt=0, lt=1, description="each pool node relayed 1/N ± this "
+                                                 "of the relayed legs (DNS load balancing of the A/V Edge)")
+    max_loss: float | None = Field(None, ge=0, le=1, description="media loss over all calls below this "
+                                   "(PacketsLost / expected, RFC 3550 A.3)")
+    min_relayed_legs: int = Field(1, ge=0, description="the spread is judged on at least this many legs")
+
+
 class CallsSpec(_Model):
     """What makes a load phase a ``calls`` phase: calls between remote users of the pairs' populations."""
 
@@ -287,6 +298,13 @@ class CallsSpec(_Model):
     signalling: Literal["sip", "in-process"] = Field("sip", description="sip: INVITE/183/200/re-INVITE/BYE through "
                                                      "the Access Edges; in-process: SDP handed over directly")
     connect_timeout: float = Field(10.0, gt=0, le=120)
+    sign_in_first: bool = Field(False, description="sign every user the calls will use in (and get its MRAS "
+                                "credentials) before the first call, as users are long signed in when they call; "
+                                "the rate then paces calls only")
+    media_timeout: float = Field(2.0, gt=0, le=60, description="a connected call whose side hears no media for "
+                                 "this long ends as media-lost-mid-call (no ICE restart)")
+    expect: CallsExpectation | None = Field(None, description="checked after the run: edgesim run exits 1 when "
+                                            "one does not hold")
 
 
 class StopNode(_Model):

@@ -351,16 +351,14 @@ class IceSession:
         self.agent.add_local_candidate(CandidateType.RELAY, allocation.relay, via=via,
                                        related=allocation.reflexive or client.public, server=server.host,
                                        turn_index=index, ip_index=index, relay_leg=transport)
-        self._relay_tasks.append(asyncio.create_task(self._read_relay(client, via)))
+        client.on_data = self._relay_handler(via)  # each relayed datagram as it arrives: no queue, no task
 
-    async def _read_relay(self, client: MsTurnClient, via: str) -> None:
-        while True:
-            try:
-                peer, payload = await client.receive(3600.0)
-            except ProbeFailure:
-                continue
+    def _relay_handler(self, via: str) -> Callable[[Address | None, bytes], None]:
+        def handle(peer: Address | None, payload: bytes) -> None:
             if peer is not None:
                 self._on_datagram(payload, peer, via)
+
+        return handle
 
     # ------------------------------------------------------------------------------ descriptions
 

@@ -97,6 +97,8 @@ class MsTurnClient:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._hello: asyncio.Future[bytes] | None = None
+        # Relayed data straight to its consumer (ICE, media) as it arrives; None: queued for :meth:`receive`
+        self.on_data: Callable[[Address | None, bytes], None] | None = None
         # MESSAGE-INTEGRITY key of the current credentials (MD5 or two HMACs): derived once, not per Send
         self._key_cache: tuple[tuple[int, str, str, str, str], bytes] | None = None
 
@@ -177,11 +179,17 @@ class MsTurnClient:
             message = msturn.parse(data)
         except MalformedMessage:
             return
-        self._conn.deliver(message)
         if message.cls is MessageClass.INDICATION and message.method == msturn.MsTurnMethod.DATA:
+            # relayed data is not an indication anyone waits for: kept out of that queue, which nothing drains
             peer, payload = message.get(msturn.REMOTE_ADDRESS), message.get(msturn.DATA)
-            if payload is not None:
+            if payload is None:
+                return
+            if self.on_data is not None:
+                self.on_data(peer, payload)
+            else:
                 self._conn.data.put_nowait((peer, payload))
+            return
+        self._conn.deliver(message)
 
     @property
     def public(self) -> Address | None:

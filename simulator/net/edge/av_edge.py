@@ -56,6 +56,9 @@ _DRAIN_LIMIT = 4096  # datagrams read from a relay socket that was not attached 
 EARLY_FIRE_RETRY = 0.001  # uvloop rounds call_at delays to whole ms: a handle may fire up to 0.5 ms early
 
 
+LISTENER_BUFFER = 4 << 20  # bytes asked for the UDP 3478 socket's kernel buffers
+
+
 @dataclass(frozen=True, slots=True)
 class UnixLoopClock:
     """Unix seconds read from an event loop's clock: ``loop.time() + offset``, the offset fixed.
@@ -572,6 +575,10 @@ class AvEdgeServer:
                 udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 tcp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             udp_sock.setblocking(False)
+            # Every client's media through this node shares the one 3478 socket: a burst of relayed packets must
+            # queue in the kernel, not be dropped there (the kernel caps these at net.core.[rw]mem_max).
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                udp_sock.setsockopt(socket.SOL_SOCKET, option, LISTENER_BUFFER)
             udp_sock.bind((self.listen_host, self.udp_port))
             tcp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             tcp_sock.setblocking(False)
