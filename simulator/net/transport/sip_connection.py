@@ -92,8 +92,7 @@ class SipConnection:
         self.malformed = 0
         self.keepalives = 0
         self.authenticated: set[str] = set()  # AORs a registrar accepted on this flow (Access Edge)
-        self._framer = SipStreamFramer()
-        self._raw = bytearray()  # what was read and not yet framed, kept to answer a malformed request from
+        self._framer = SipStreamFramer()  # it keeps the bytes of a malformed request, to answer it from
         # Writes made in one turn of the event loop leave together (one TLS record, one send) in the next.
         self._outgoing: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -153,7 +152,6 @@ class SipConnection:
     async def messages(self) -> AsyncGenerator[SipMessage, None]:
         """Messages until the peer closes; keepalives and malformed requests are handled here."""
         framer = self._framer
-        raw = self._raw
         while not self.closed:
             try:
                 data = await self.stream.read(READ_SIZE)
@@ -163,17 +161,13 @@ class SipConnection:
             if not data:
                 return
             framer.feed(data)
-            raw += data
-            start = 0  # where in ``raw`` the next event's bytes begin
             while True:
                 try:
                     event = framer.next_event()
                 except MalformedMessage as error:
                     self.malformed += 1
-                    end = max(start, len(raw) - framer.buffered)
-                    bad, start = bytes(raw[start:end]), end
                     if error.status is not None:
-                        answer = salvage_error_response(bad, error.status)
+                        answer = salvage_error_response(framer.malformed_bytes, error.status)
                         if answer is not None:
                             with contextlib.suppress(OSError, ssl.SSLError):
                                 await self.send_bytes(answer)
@@ -182,14 +176,12 @@ class SipConnection:
                     continue
                 if event is None:
                     break
-                start = len(raw) - framer.buffered
                 if isinstance(event, _MESSAGES):
                     yield event
                 elif isinstance(event, KeepalivePing):
                     self.keepalives += 1
                     with contextlib.suppress(OSError, ssl.SSLError):
                         await self.send_bytes(KEEPALIVE_PONG)  # RFC 5626 §3.5.1
-            del raw[:start]  # once per read, not per message
 
 
 ConnectionHandler = Callable[[SipConnection], Awaitable[None]]

@@ -67,47 +67,67 @@ class TlsStream:
     def getpeercert(self) -> dict[str, Any] | None:
         return self._tls.getpeercert()
 
-    async def _read_some(self) -> bool:
+    async def _decrypt(self) -> bytes:
+        """The application data of every whole record received so far (waiting for the first); b"" at the end.
+
+        One record's data is returned as OpenSSL handed it: no copy into a buffer and out again.
+        """
+        tls = self._tls
         while True:
             try:
-                chunk = self._tls.read(READ_SIZE)
+                chunk = tls.read(READ_SIZE)
             except ssl.SSLWantReadError:
                 self._flush()
                 if not await self._fill():
                     self._eof = True
-                    return False
+                    return b""
                 continue
             except ssl.SSLZeroReturnError:
                 self._eof = True
-                return False
+                return b""
             if not chunk:
                 self._eof = True
-                return False
-            self._buffer += chunk
-            self._decrypt_ready()
-            return True
-
-    def _decrypt_ready(self) -> None:
-        """Decrypt every whole record already received, so one read hands the caller all of them."""
-        while self._incoming.pending and len(self._buffer) < READ_SIZE:
+                return b""
+            break
+        incoming = self._incoming
+        if not incoming.pending:
+            return chunk
+        chunks, size = [chunk], len(chunk)
+        while incoming.pending and size < READ_SIZE:  # the other whole records already received
             try:
-                chunk = self._tls.read(READ_SIZE)
+                chunk = tls.read(READ_SIZE)
             except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
-                return  # a partial record, or close_notify: the next _read_some deals with it
+                break  # a partial record, or close_notify: the next read deals with it
             if not chunk:
-                return
-            self._buffer += chunk
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+
+    async def _read_some(self) -> bool:
+        data = await self._decrypt()
+        if not data:
+            return False
+        self._buffer += data
+        return True
 
     async def read(self, limit: int = READ_SIZE) -> bytes:
         """Up to ``limit`` bytes of application data; b"" at end of stream."""
-        if not self._buffer and not self._eof:
-            await self._read_some()
-        if len(self._buffer) <= limit:
-            data = bytes(self._buffer)
-            self._buffer.clear()
+        buffer = self._buffer
+        if not buffer:
+            if self._eof:
+                return b""
+            data = await self._decrypt()  # the common case: straight from OpenSSL to the caller
+            if len(data) <= limit:
+                return data
+            buffer += memoryview(data)[limit:]
+            return data[:limit]
+        if len(buffer) <= limit:
+            data = bytes(buffer)
+            buffer.clear()
             return data
-        data = bytes(self._buffer[:limit])
-        del self._buffer[:limit]
+        data = bytes(buffer[:limit])
+        del buffer[:limit]
         return data
 
     async def readuntil(self, separator: bytes, limit: int = 4096) -> bytes:

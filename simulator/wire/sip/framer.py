@@ -43,6 +43,9 @@ class SipStreamFramer:
         self._max_body_bytes = max_body_bytes
         self._pong_expected = False
         self.broken = False
+        # The bytes of the message the last MalformedMessage was about (head, CRLFCRLF, and what of the body was
+        # there), so a caller can answer it (RFC 3261 §8.2.6.2) without keeping a copy of the stream itself.
+        self.malformed_bytes = b""
 
     def feed(self, data: bytes) -> None:
         """Append received bytes."""
@@ -58,8 +61,10 @@ class SipStreamFramer:
         """Bytes received and not consumed yet."""
         return len(self._buffer)
 
-    def _fail(self, reason: str, status: int) -> MalformedMessage:
+    def _fail(self, reason: str, status: int, head: bytes | None = None) -> MalformedMessage:
+        """Framing is lost: ``malformed_bytes`` is ``head`` (already cut from the buffer), then the buffer."""
         self.broken = True
+        self.malformed_bytes = bytes(self._buffer) if head is None else head + b"\r\n\r\n" + self._buffer
         self._buffer.clear()
         return _bad(reason, status)
 
@@ -73,7 +78,11 @@ class SipStreamFramer:
                 body = bytes(buf[: self._body_length]) if self._body_length else b""
                 del buf[: self._body_length]
                 head, self._pending = self._pending, None
-                return _build(head, body)
+                try:
+                    return _build(head, body)
+                except MalformedMessage:
+                    self.malformed_bytes = head + b"\r\n\r\n" + body
+                    raise
             if buf[:2] == b"\r\n":
                 if buf[:4] == b"\r\n\r\n":
                     del buf[:4]
@@ -104,9 +113,9 @@ class SipStreamFramer:
             try:
                 length = _content_length(head)
             except MalformedMessage as exc:
-                raise self._fail(exc.reason, 400) from None
+                raise self._fail(exc.reason, 400, head) from None
             if length is not None and length > self._max_body_bytes:
-                raise self._fail("body too large", 413)
+                raise self._fail("body too large", 413, head)
             self._pending = head
             self._body_length = length or 0  # RFC 3261 §18.3 makes it mandatory on streams; assume 0
         return None

@@ -6,6 +6,7 @@ immutable (errors are not cached).
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -27,6 +28,8 @@ from simulator.wire.sip.grammar import (
     unquote,
 )
 from simulator.wire.sip.uri import SipUri, Uri, parse_uri
+
+_TOKEN_CHARS = r"A-Za-z0-9.!%*_+`'~\-"  # RFC 3261 §25.1 token, as a character-class body (grammar._TOKEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +70,27 @@ class NameAddr:
         return self.uri
 
 
+# The usual From/To: ``<uri>[;name[=value]]...`` with no display name, quote, whitespace or empty parameter; the
+# URI goes to parse_uri as below. What matches gives what the general path gives; the rest goes there.
+_USUAL_NAME_ADDR = re.compile(rf"<([^<>\"\s]+)>((?:;[{_TOKEN_CHARS}]+(?:=[{_TOKEN_CHARS}:\[\]]*)?)*)")
+
+
 @lru_cache(maxsize=4096)  # a From/To/Route value is parsed again at every hop and in the response
 def parse_name_addr(value: str) -> NameAddr:
     """Parse one From/To/Contact/Route value."""
+    usual = _USUAL_NAME_ADDR.fullmatch(value)
+    if usual is not None:
+        uri_text, param_text = usual.groups()
+        params: Params = ()
+        if param_text:
+            params = tuple([(name, value if eq else None) for name, eq, value in
+                            (part.partition("=") for part in param_text[1:].split(";"))])
+        return NameAddr(parse_uri(uri_text), None, params)
+    return parse_name_addr_general(value)
+
+
+def parse_name_addr_general(value: str) -> NameAddr:
+    """:func:`parse_name_addr` without its shortcut for the usual shape (the reference the shortcut must equal)."""
     text = value.strip(" \t")
     if text == "*":
         return NameAddr(None)
@@ -160,9 +181,31 @@ class Via:
         return self.transport.upper() != "UDP"
 
 
+# The usual Via, written the way every stack here writes it: ``SIP/2.0/TRANSPORT host[:port][;name[=value]]...``
+# with no whitespace but the one space, no quotes, no IPv6 reference, no empty parameter. What matches is split
+# in one step and gives what the general path below gives (tests/sip/test_header_shortcuts.py); the rest goes there.
+_USUAL_VIA = re.compile(rf"SIP/2\.0/([{_TOKEN_CHARS}]+) ([A-Za-z0-9.\-]+)(?::([0-9]{{1,5}}))?"
+                        rf"((?:;[{_TOKEN_CHARS}]+(?:=[{_TOKEN_CHARS}:\[\]]*)?)*)")
+
+
 @lru_cache(maxsize=4096)  # a proxy's own Via comes back, unchanged, at the top of the response
 def parse_via(value: str) -> Via:
     """Parse one Via value."""
+    usual = _USUAL_VIA.fullmatch(value)
+    if usual is not None:
+        transport, host, port_text, param_text = usual.groups()
+        port = None if port_text is None else int(port_text)
+        if port is None or port <= 65535:
+            params: Params = ()
+            if param_text:
+                params = tuple([(name, value if eq else None) for name, eq, value in
+                                (part.partition("=") for part in param_text[1:].split(";"))])
+            return Via(transport, host, port, params, SIP_VERSION)
+    return parse_via_general(value)
+
+
+def parse_via_general(value: str) -> Via:
+    """:func:`parse_via` without its shortcut for the usual shape (the reference the shortcut must equal)."""
     match = _VIA_PROTOCOL.match(value)
     if match is None:
         raise _bad(f"bad Via {value!r}")
