@@ -30,6 +30,7 @@ import os
 import platform
 import sys
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,9 @@ class SoakResult:
     allocs_ok: int = 0
     signins_ok: int = 0
     rss_growth_kib: int = 0
+    rss_slope_kib_s: float = 0.0  # least-squares slope of RSS over the samples after warm-up
     problems: list[str] = field(default_factory=list)
+    trace_top: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -92,14 +95,19 @@ class SoakResult:
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "problems": self.problems, "errors": self.errors, "allocs_ok": self.allocs_ok,
                 "signins_ok": self.signins_ok, "rss_growth_kib": self.rss_growth_kib,
+                "rss_slope_kib_s": self.rss_slope_kib_s,
                 "baseline": vars(self.baseline), "final": vars(self.final) if self.final else None,
                 "samples": [vars(s) for s in self.samples]}
 
 
-def scenario_in(prefix: str) -> Scenario:
+def scenario_in(prefix: str, relay_ports: tuple[int, int] | None = None) -> Scenario:
     scenario = load_scenario(SHIPPED)
     lab = scenario.lab.model_copy(update={"loopback_prefix": prefix})
-    return scenario.model_copy(update={"lab": lab})
+    update: dict[str, Any] = {"lab": lab}
+    if relay_ports is not None:
+        span = scenario.edge_pool.relay_ports.model_copy(update={"first": relay_ports[0], "last": relay_ports[1]})
+        update["edge_pool"] = scenario.edge_pool.model_copy(update={"relay_ports": span})
+    return scenario.model_copy(update=update)
 
 
 def av_edge(lab: Lab) -> AvEdgeServer:
@@ -108,13 +116,37 @@ def av_edge(lab: Lab) -> AvEdgeServer:
     return edge
 
 
+def rss_slope(samples: list[Sample]) -> float:
+    """Least-squares slope of RSS (KiB/s) over ``samples``; 0 with fewer than 3."""
+    if len(samples) < 3:
+        return 0.0
+    n = len(samples)
+    mean_t = sum(s.t for s in samples) / n
+    mean_r = sum(s.rss_kib for s in samples) / n
+    var = sum((s.t - mean_t) ** 2 for s in samples)
+    cov = sum((s.t - mean_t) * (s.rss_kib - mean_r) for s in samples)
+    return round(cov / var, 2) if var else 0.0
+
+
+def trace_diff(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, top: int = 15) -> list[str]:
+    """The ``top`` allocation sites (by traceback) that grew most between two tracemalloc snapshots."""
+    ignore = (tracemalloc.Filter(False, tracemalloc.__file__),
+              tracemalloc.Filter(False, "<frozen importlib._bootstrap>"))
+    stats = after.filter_traces(ignore).compare_to(before.filter_traces(ignore), "traceback")
+    lines = []
+    for stat in stats[:top]:
+        lines.append(f"+{stat.size_diff / 1024:.1f} KiB, +{stat.count_diff} blocks")
+        lines.extend(f"    {line}" for line in stat.traceback.format(limit=8))
+    return lines
+
+
 def relay_sockets(edge: AvEdgeServer) -> int:
     return len(edge._binder.relays)
 
 
 async def soak(lab: Lab, *, duration: float, alloc_rate: float, hold: float, signin_rate: float,
                warmup: float, sample_every: float, rss_tolerance_mib: float, drain: float = 15.0,
-               seed: int = 2013, echo: bool = True) -> SoakResult:
+               seed: int = 2013, echo: bool = True, trace_frames: int = 0) -> SoakResult:
     """Run the churn on a started lab and judge it (see the module docstring)."""
     edge = av_edge(lab)
     errors: dict[str, int] = {}
@@ -156,10 +188,14 @@ async def soak(lab: Lab, *, duration: float, alloc_rate: float, hold: float, sig
                       sum(errors.values()) + (shard.result.failed + shard.result.release_failed if shard else 0))
 
     result = SoakResult(baseline=sample(0.0, None))
+    if trace_frames:
+        tracemalloc.start(trace_frames)
+    first_snapshot: tracemalloc.Snapshot | None = None
     counts["signins"] = 0
     shard = LoadShard(spec)
     started = time.monotonic()
-    alloc_task = asyncio.create_task(shard.run())
+    # --alloc-rate 0: sign-ins only (the shard is built but never run; its result stays empty)
+    alloc_task = asyncio.create_task(shard.run() if alloc_rate > 0 else _idle(duration, shard))
     signins: set[asyncio.Task[None]] = set()
 
     async def signin_loop() -> None:
@@ -183,6 +219,9 @@ async def soak(lab: Lab, *, duration: float, alloc_rate: float, hold: float, sig
             s = sample(time.monotonic() - started, shard)
             result.samples.append(s)
             next_sample += sample_every
+            if trace_frames and first_snapshot is None and s.t >= warmup:
+                gc.collect()
+                first_snapshot = tracemalloc.take_snapshot()
             if echo:
                 print(row(s), flush=True)
         if time.monotonic() - started > duration + hold + 30:
@@ -216,9 +255,13 @@ async def soak(lab: Lab, *, duration: float, alloc_rate: float, hold: float, sig
             break
         await asyncio.sleep(0.5)
     result.final = final
+    if trace_frames and first_snapshot is not None:
+        result.trace_top = trace_diff(first_snapshot, tracemalloc.take_snapshot())
+        tracemalloc.stop()
     after_warmup = [s for s in result.samples if s.t >= warmup] or result.samples[-1:]
     reference = after_warmup[0].rss_kib if after_warmup else base.rss_kib
     result.rss_growth_kib = max(s.rss_kib for s in [*after_warmup, final]) - reference
+    result.rss_slope_kib_s = rss_slope(after_warmup)
     if result.rss_growth_kib > rss_tolerance_mib * 1024:
         result.problems.append(f"RSS grew {result.rss_growth_kib} KiB after warm-up "
                                f"(tolerance {rss_tolerance_mib} MiB)")
@@ -230,9 +273,14 @@ async def soak(lab: Lab, *, duration: float, alloc_rate: float, hold: float, sig
         result.problems.append(f"allocations {final.allocations} != baseline {base.allocations}")
     if errors:
         result.problems.append(f"{sum(errors.values())} errors: {errors}")
-    if result.allocs_ok == 0 or (signin_rate > 0 and result.signins_ok == 0):
+    if (alloc_rate > 0 and result.allocs_ok == 0) or (signin_rate > 0 and result.signins_ok == 0):
         result.problems.append("no churn happened")
     return result
+
+
+async def _idle(duration: float, shard: LoadShard) -> Any:
+    await asyncio.sleep(duration)
+    return shard.result
 
 
 HEADER = (f"{'t s':>7} {'RSS KiB':>9} {'fds':>5} {'relays':>6} {'allocs':>6} {'allocs ok':>9} {'sign-ins':>8} "
@@ -245,11 +293,16 @@ def row(s: Sample) -> str:
 
 
 async def run(args: argparse.Namespace) -> SoakResult:
-    async with Lab(scenario_in(args.prefix)) as lab:
+    ports: tuple[int, int] | None = None
+    if args.relay_ports:
+        first, _, last = args.relay_ports.partition("-")
+        ports = (int(first), int(last))
+    async with Lab(scenario_in(args.prefix, ports)) as lab:
         print(HEADER)
         return await soak(lab, duration=args.duration, alloc_rate=args.alloc_rate, hold=args.hold,
                           signin_rate=args.signin_rate, warmup=args.warmup, sample_every=args.sample,
-                          rss_tolerance_mib=args.rss_tolerance_mib, seed=args.seed)
+                          rss_tolerance_mib=args.rss_tolerance_mib, seed=args.seed,
+                          trace_frames=args.tracemalloc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,8 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-tolerance-mib", type=float, default=8.0)
     parser.add_argument("--prefix", default="127.87", help="the lab's loopback /16")
     parser.add_argument("--seed", type=int, default=2013)
+    parser.add_argument("--relay-ports", metavar="FIRST-LAST", help="the A/V Edge relay range (default: the "
+                        "scenario's 50000-59999); per-port state fills once per port, so a small range shows "
+                        "whether RSS growth is range-bounded")
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                        help="trace allocations (FRAMES deep) from the baseline; print the 15 sites that grew "
+                             "most between the first sample after warm-up and the end (slow)")
     args = parser.parse_args(argv)
-    if not 5 <= args.duration <= 7200 or not 0 < args.alloc_rate <= 500 or not 0 <= args.signin_rate <= 50:
+    if not 5 <= args.duration <= 7200 or not 0 <= args.alloc_rate <= 500 or not 0 <= args.signin_rate <= 50:
         parser.error("--duration 5..7200, --alloc-rate 0..500, --signin-rate 0..50")
     if args.warmup is None:
         args.warmup = args.duration * 0.2
@@ -276,7 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"final:    {row(final)}")
     print(f"{began}, {platform.machine()} x{os.cpu_count()}, Python {platform.python_version()}; "
           f"{result.allocs_ok} allocations, {result.signins_ok} sign-ins in {args.duration:.0f} s; "
-          f"RSS growth after {args.warmup:.0f} s warm-up: {result.rss_growth_kib} KiB")
+          f"RSS growth after {args.warmup:.0f} s warm-up: {result.rss_growth_kib} KiB "
+          f"(slope {result.rss_slope_kib_s} KiB/s)")
+    if result.trace_top:
+        print("\ntracemalloc, growth after warm-up by traceback (top 15):")
+        print("\n".join(result.trace_top))
     print("PASS" if result.ok else "FAIL: " + "; ".join(result.problems))
     print(json.dumps(result.to_dict()))
     return 0 if result.ok else 1

@@ -59,6 +59,7 @@ Address = tuple[str, int]
 
 DEFAULT_UDP_BINDING_TIMEOUT: Final = 300.0  # RFC 4787 §4.3 REQ-5: ≥ 2 min, 5 min recommended
 DEFAULT_TCP_BINDING_TIMEOUT: Final = 7440.0  # RFC 5382 §5 REQ-5: established idle timeout ≥ 2 h 4 min
+DEFAULT_TCP_TRANSITORY_TIMEOUT: Final = 240.0  # RFC 5382 §5 REQ-5: transitory (closing) idle timeout ≥ 4 min
 DEFAULT_PORT_RANGE: Final = (1024, 65535)  # RFC 4787 §4.2.1 REQ-3: keep ≥1024 sources above 1023
 
 
@@ -121,6 +122,10 @@ class AddressTranslator(Protocol):
         """Translate a packet arriving at a public address, or ``None`` when it is dropped."""
         ...
 
+    def tcp_closed(self, src: Address, dst: Address, now: float) -> bool:
+        """The TCP connection ``src`` → ``dst`` through the NAT closed; ``True`` if a binding was shortened."""
+        ...
+
     def expire(self, now: float) -> int:
         """Collect expired state; return how many bindings went."""
         ...
@@ -142,12 +147,13 @@ class NatConfig:
     filtering: Behaviour = Behaviour.ADDRESS_DEPENDENT
     udp_binding_timeout: float = DEFAULT_UDP_BINDING_TIMEOUT
     tcp_binding_timeout: float = DEFAULT_TCP_BINDING_TIMEOUT
+    tcp_transitory_timeout: float = DEFAULT_TCP_TRANSITORY_TIMEOUT  # after the connection closed
     inbound_refresh: bool = False  # RFC 4787 §4.3 REQ-6: inbound refresh MAY be true
     port_preservation: bool = True  # RFC 4787 §4.2.1
     hairpin: bool = True  # RFC 4787 §6 REQ-9: MUST support hairpinning
 
     def __post_init__(self) -> None:
-        if self.udp_binding_timeout <= 0 or self.tcp_binding_timeout <= 0:
+        if self.udp_binding_timeout <= 0 or self.tcp_binding_timeout <= 0 or self.tcp_transitory_timeout <= 0:
             raise ValueError("binding timeouts must be positive")
 
 
@@ -278,6 +284,25 @@ class NatTable:
             else:
                 heapq.heappush(timers, (binding.expires, serial, binding))
         return removed
+
+    def tcp_closed(self, src: Address, dst: Address, now: float) -> bool:
+        """The TCP connection from ``src`` (inside) to ``dst`` closed (FIN or RST seen, no other connection on
+        the binding): its binding becomes transitory and goes ``tcp_transitory_timeout`` from now (RFC 5382 §5
+        REQ-5, ≥ 4 min) instead of the established 2 h 4 min, unless a new connection refreshes it first.
+
+        Without this a lab that opens and closes connections keeps every binding (and its port) for 2 h.
+        Returns ``True`` when a binding's expiry was brought forward.
+        """
+        binding = self._by_internal.get(("tcp", src, self._mapping_key(dst)))
+        if binding is None or binding.removed:
+            return False
+        expires = now + min(self.config.tcp_transitory_timeout, self._timeout["tcp"])
+        if expires >= binding.expires:
+            return False
+        binding.expires = expires
+        self._timer_serial += 1
+        heapq.heappush(self._timers, (expires, self._timer_serial, binding))
+        return True
 
     def next_timer(self) -> float | None:
         """The earliest recorded expiry, or ``None``. A refreshed binding may make this early, never late."""
@@ -457,6 +482,10 @@ class StaticNat:
             self.drops[DropReason.PORTS_EXHAUSTED] += 1
             return None
         return Translation(rewritten.src, translated_dst)
+
+    def tcp_closed(self, src: Address, dst: Address, now: float) -> bool:
+        """Nothing to shorten: outbound 1:1 translation keeps no per-connection binding."""
+        return False
 
     def expire(self, now: float) -> int:
         """Collect expired ``snat_inbound`` bindings (the 1:1 table itself never expires)."""

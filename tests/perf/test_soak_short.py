@@ -4,7 +4,16 @@
 Asserted (issue 14, "Done when"): after the churn and a short drain, open file descriptors, relay sockets
 and allocations are back at their baseline; 0 errors; RSS after a 15 s warm-up grew by less than 6 MiB
 (measured: ~1-2 MiB over 40 s on a 2-core VM, mostly allocator noise; a leak of one relay socket object
-or one TLS session per operation would be ~1,000 operations x >= 2 KiB and trips it).
+or one TLS session per operation would be ~1,000 operations x >= 2 KiB and trips it), and its growth RATE
+(least-squares slope over the samples after warm-up) stays under RSS_SLOPE_KIB_S.
+
+The slope bound is loose on purpose: in the first minute the process fills bounded state (the SIP parse
+caches, 4,096 entries each; the A/V Edge's response cache and port FIFO; pymalloc arenas): measured 45, 60
+and 101 KiB/s in this 40 s window with the known leaks fixed (2-core VM shared with other jobs;
+helpers/leak/NOTES.md). So 40 s cannot tell a 22 KiB/s leak from warm-up; this bound only catches gross ones
+(an idle TLS session, ~40 KiB, kept per sign-in = 80 KiB/s, plus one relay socket object per allocation).
+The slow per-sign-in leaks the 10-minute soak found (NAT bindings, Digest nonces) are pinned by
+tests/perf/test_state_release.py; the 10-minute rate is benchmarks/soak.py's job.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from simulator.lab.topology import Lab
 from simulator.spec.schema import Scenario
 
 ROOT = Path(__file__).resolve().parents[2]
+RSS_SLOPE_KIB_S = 160.0
 
 
 def _soak_module() -> ModuleType:
@@ -41,4 +51,5 @@ async def test_short_churn_soak_returns_to_baseline(shipped_scenario: Scenario) 
     assert result.final.relay_sockets == result.baseline.relay_sockets == 0, table
     assert result.final.allocations == result.baseline.allocations == 0, table
     assert result.rss_growth_kib < 6 * 1024, table
+    assert result.rss_slope_kib_s < RSS_SLOPE_KIB_S, (result.rss_slope_kib_s, table)
     assert result.ok, result.problems

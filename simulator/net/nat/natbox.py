@@ -56,6 +56,7 @@ import asyncio
 import contextlib
 import enum
 import errno
+import functools
 import ipaddress
 import itertools
 import logging
@@ -122,8 +123,9 @@ class EndpointClosed(ConnectionError):
     """The endpoint (or its box) is closed."""
 
 
+@functools.lru_cache(maxsize=4096)
 def loopback_only(ip: str) -> bool:
-    """The default ``allow_destination``: the lab lives on 127.0.0.0/8."""
+    """The default ``allow_destination``: the lab lives on 127.0.0.0/8 (asked per datagram: parsed once)."""
     return ipaddress.IPv4Address(ip).is_loopback
 
 
@@ -245,6 +247,8 @@ class NatBox:
         self._public: dict[int, _PublicPort] = {}
         self._endpoints: dict[Address, NatUdpEndpoint] = {}
         self._tun_hosts: dict[str, _TunHost] = {}
+        self._tcp_open: Counter[Address] = Counter()  # open outbound connections per inside address
+        self._tcp_watches: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._last_now = 0.0
@@ -320,6 +324,10 @@ class NatBox:
             self._flight_timer.cancel()
             self._flight_timer = None
         self._in_flight.clear()
+        for watch in list(self._tcp_watches):
+            watch.cancel()
+        self._tcp_watches.clear()
+        self._tcp_open.clear()
         for endpoint in list(self._endpoints.values()):
             endpoint.close()
         try:
@@ -419,7 +427,27 @@ class NatBox:
             sock.close()
             raise
         self.counters.tcp_connections += 1
+        self._watch_tcp(internal_address, dst, writer)
         return reader, writer
+
+    def _watch_tcp(self, internal_address: Address, dst: Address, writer: asyncio.StreamWriter) -> None:
+        """When the connection closes (either side), its binding turns transitory (RFC 5382 §5 REQ-5)."""
+        key = internal_address  # a binding may carry several connections (EIM): it turns transitory at the last
+        self._tcp_open[key] += 1
+
+        async def watch() -> None:
+            with contextlib.suppress(Exception):  # a reset connection is closed too; its error is the owner's
+                await writer.wait_closed()
+            left = self._tcp_open.pop(key, 0) - 1
+            if left > 0:
+                self._tcp_open[key] = left
+                return
+            if self._loop is not None and self.table.tcp_closed(internal_address, dst, self._now()):
+                self._arm_timer()
+
+        task = self._running_loop().create_task(watch())
+        self._tcp_watches.add(task)
+        task.add_done_callback(self._tcp_watches.discard)
 
     async def attach_namespace(self, inside_ip: str) -> NamespacedHost:
         """A fresh network namespace at ``inside_ip`` whose traffic goes through this NAT.

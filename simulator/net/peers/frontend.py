@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import random
 import ssl
 from collections import Counter
@@ -366,11 +367,25 @@ class FrontEndServer:
 
     def _challenge(self, request: SipRequest, now: float, stale: bool = False) -> SipResponse:
         challenge = digest.make_challenge(self.config.realm, self._rng, stale=stale)
+        self._prune_nonces(now)
         if len(self._nonces) >= MAX_NONCES:
             for nonce in [n for n, at in self._nonces.items() if at <= now] or list(self._nonces)[:1000]:
                 del self._nonces[nonce]
         self._nonces[challenge.nonce] = now + NONCE_LIFETIME
         return self._reply(request, 401, [("WWW-Authenticate", challenge.to_header())])
+
+    def _prune_nonces(self, now: float) -> None:
+        """Forget nonces that expired more than ``NONCE_LIFETIME`` ago (kept that long to answer stale=true).
+
+        Every nonce gets the same lifetime on a clock that never goes back, so insertion order is expiry
+        order: the expired ones are at the front. Without this each sign-in's nonce stayed until
+        ``MAX_NONCES`` (~0.1 KiB each, for ever at a steady sign-in rate).
+        """
+        nonces = self._nonces
+        for nonce, expiry in list(itertools.islice(nonces.items(), 64)):
+            if expiry + NONCE_LIFETIME > now:
+                break
+            del nonces[nonce]
 
     # ------------------------------------------------------------------------- subscriptions
 
