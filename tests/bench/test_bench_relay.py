@@ -81,12 +81,13 @@ def test_coturn_rest_secret(tmp_path: Path) -> None:
         out = tmp_path / "rest"
         code = main(["bench", "relay", "--target", f"{server.host}:{port}", "--user", "carol:x", "--secret",
                      "b3nch-secret", "--bind", host(201), "--count", "30", "--concurrency", "5", "--out", str(out),
-                     "--quiet", "--json"])
+                     "--source-ports", "41000-41999", "--quiet", "--json"])  # cyclic: no recent 5-tuple (437)
         assert code == 0
         assert json.loads((out / "report.json").read_text())["ok"] == 30
         wrong = tmp_path / "wrong"
         main(["bench", "relay", "--target", f"{server.host}:{port}", "--user", "carol:x", "--secret", "not-it",
-              "--bind", host(201), "--count", "5", "--concurrency", "5", "--out", str(wrong), "--quiet", "--json"])
+              "--bind", host(201), "--count", "5", "--concurrency", "5", "--out", str(wrong), "--quiet", "--json",
+              "--source-ports", "42000-42999"])
     report = json.loads((wrong / "report.json").read_text())
     assert report["ok"] == 0 and report["failures"] == {"auth": 5}  # 401 to the authenticated Allocate
 
