@@ -141,8 +141,8 @@ def prepare(args: argparse.Namespace) -> Plan:
 
 
 # ------------------------------------------------------------------------- load control and thresholds (issue 12)
-LOAD_HISTOGRAMS = ("sign_in_ms",)
-LOAD_SCALARS = ("sign_in_ok_ratio", "sign_ins_per_s", "started", "ok", "failed")
+LOAD_HISTOGRAMS = ("sign_in_ms", "im_ms")
+LOAD_SCALARS = ("sign_in_ok_ratio", "sign_ins_per_s", "started", "ok", "failed", "im_ok_ratio", "ims")
 LOAD_PREFIXES = ("fail_",)
 _OVERRIDES = (("rate", "--rate"), ("rate_increase", "--rate-increase"), ("rate_interval", "--rate-interval"),
               ("rate_max", "--rate-max"), ("concurrency", "--concurrency"), ("count", "--count"),
@@ -193,8 +193,8 @@ def check_thresholds(thresholds: tuple[LoadThreshold, ...], outcome: LoadReport 
     def actual(threshold: LoadThreshold) -> float | None:
         if meter is None:
             return None
-        if threshold.metric == "sign_in_ms":
-            histogram = meter.latency
+        if threshold.metric in LOAD_HISTOGRAMS:
+            histogram = meter.latency if threshold.metric == "sign_in_ms" else meter.im_latency
             if not histogram.get_total_count():
                 return None
             aggregate = threshold.aggregate or "p50"
@@ -208,6 +208,9 @@ def check_thresholds(thresholds: tuple[LoadThreshold, ...], outcome: LoadReport 
             return float(figures["failures"].get(threshold.metric.removeprefix("fail_"), 0))
         if threshold.metric == "sign_ins_per_s":
             return meter.ok / duration if duration else None
+        if threshold.metric in ("im_ok_ratio", "ims"):
+            im = figures["im"]
+            return None if im is None else float(im["im_ok_ratio"] if threshold.metric == "im_ok_ratio" else im["ok"])
         value = figures[threshold.metric]
         return None if value is None else float(value)
 

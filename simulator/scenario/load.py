@@ -293,6 +293,10 @@ class LoadMeter:
         self.failed = 0
         self.latency = HdrHistogram(1, 60_000_000, 3)  # µs
         self.answered = asyncio.Event()
+        # workload im: each IM (INVITE, MESSAGE, BYE through the Access Edge) after a sign-in
+        self.im_ok = 0
+        self.im_failures: Counter[str] = Counter()
+        self.im_latency = HdrHistogram(1, 60_000_000, 3)  # µs
 
     def _second(self, now: float) -> int:
         return max(0, int(now - self.start))
@@ -324,6 +328,26 @@ class LoadMeter:
             self.failed += 1
             self.failed_at[self._second(now)] += 1
             self.failures[failure_reason(error)] += 1
+
+    def message(self, now: float, began: float, error: BaseException | None) -> None:
+        """One IM answered (``error`` None) or failed."""
+        if error is None:
+            self.im_ok += 1
+            self.im_latency.record_value(max(1, int((now - began) * 1_000_000)))
+        else:
+            self.im_failures[failure_reason(error)] += 1
+
+    def im_dict(self) -> dict[str, Any] | None:
+        failed = sum(self.im_failures.values())
+        if not self.im_ok and not failed:
+            return None
+        histogram: dict[str, Any] = {"count": self.im_latency.get_total_count()}
+        if histogram["count"]:
+            histogram |= {f"p{p}_ms": self.im_latency.get_value_at_percentile(p) / 1000 for p in (50, 90, 99)}
+            histogram |= {"max_ms": self.im_latency.get_max_value() / 1000}
+        return {"sent": self.im_ok + failed, "ok": self.im_ok, "failed": failed,
+                "im_ok_ratio": round(self.im_ok / (self.im_ok + failed), 6), "failures": dict(self.im_failures),
+                "im_ms": histogram}
 
     async def slot(self, phase: str, limit: int) -> None:
         """Wait until fewer than ``limit`` sessions of ``phase`` are in flight."""
@@ -360,7 +384,7 @@ class LoadMeter:
         return {"started": sum(self.started.values()), "ok": self.ok, "failed": self.failed,
                 "sign_in_ok_ratio": round(self.ok / answered, 6) if answered else None,
                 "failures": dict(self.failures), "sign_in_ms": histogram,
-                "per_second": self.per_second(duration)}
+                "per_second": self.per_second(duration), "im": self.im_dict()}
 
 
 class _MeteredSession(_Session):
@@ -373,6 +397,9 @@ class _MeteredSession(_Session):
         self.began = asyncio.get_running_loop().time()
         self.pending = True
         meter.began(self.began, phase)
+        self.workload: LoadPhase | None = None  # set for workload im, with im_target
+        self.im_target = ""
+        self.im_task: asyncio.Task[None] | None = None
 
     def settle(self, error: BaseException | None) -> None:
         if self.pending:
@@ -386,12 +413,36 @@ class _MeteredSession(_Session):
             self.settle(error)
             raise
         self.settle(None)
+        if self.workload is not None and self.im_task is None:
+            self.im_task = asyncio.create_task(self._instant_messages(client))
         return client
+
+    async def _instant_messages(self, client: SipClient) -> None:
+        """Workload im: ``messages`` IMs ``message_interval`` s apart to the next user of the population (the
+        Director answers for every user of the directory), each timed from INVITE to the BYE's 200."""
+        phase, target = self.workload, self.im_target
+        assert phase is not None
+        user = RemoteUser(client, self.account.user, self.account.domain, self.account.password)
+        loop = asyncio.get_running_loop()
+        for index in range(phase.messages):
+            await asyncio.sleep(phase.message_interval)
+            if loop.time() >= self.deadline or client.is_closed:
+                return
+            began = loop.time()
+            try:
+                await user.instant_message(target, f"edgesim load IM {index + 1}", self.timeout)
+            except (ProbeFailure, OSError) as error:
+                self.meter.message(loop.time(), began, error)
+            else:
+                self.meter.message(loop.time(), began, None)
 
     async def run(self) -> None:
         try:
             await super().run()
         finally:
+            if self.im_task is not None:
+                self.im_task.cancel()
+                await asyncio.gather(self.im_task, return_exceptions=True)
             if self.pending and self.record.error is not None:  # DNS failed before any sign-in
                 self.settle(ResolverError(self.record.error))
             elif self.pending:  # cancelled at the end of the phase: not answered, no longer in flight
@@ -458,6 +509,9 @@ async def run_load(lab: Lab, timeout: float | None = None, *, events: bool = Tru
             report.sessions.append(record)
             session = _MeteredSession(meter, phase.name, lab, accounts[index], record, address_node, timeout,
                                       phase_end)
+            if phase.workload == "im":
+                session.workload = phase
+                session.im_target = accounts[(index + 1) % len(accounts)].aor
             mine.append(asyncio.create_task(session.run()))
             tasks.append(mine[-1])
 

@@ -231,8 +231,11 @@ class LoadPhase(_Model):
     max_sessions: int = Field(1000, ge=1, le=1_000_000)
     # --- load control (issue 12, SIPp semantics: -r, -rate_increase/-rate_interval/-rate_max, -l, -m) ---
     workload: Literal["sign-in", "im", "relay"] = Field("sign-in", description="what each session does: sign-in "
-                                                        "(REGISTER through the Access Edge); im and relay are named "
-                                                        "for the coming workloads and refused until they land")
+                                                        "(REGISTER through the Access Edge); im: sign in, then send "
+                                                        "`messages` IMs (INVITE, MESSAGE, BYE) `message_interval` s "
+                                                        "apart; relay is named and refused until it lands")
+    messages: int = Field(3, ge=1, le=10000, description="workload im: IMs each signed-in user sends")
+    message_interval: float = Field(0.5, gt=0, le=3600, description="workload im: seconds between a user's IMs")
     rate_increase: float | None = Field(None, gt=0, le=100000, description="ramp: add this many sessions/s to the "
                                         "rate every rate_interval seconds")
     rate_interval: float = Field(1.0, gt=0, le=3600, description="ramp period, seconds")
@@ -250,8 +253,9 @@ class LoadPhase(_Model):
     def _load_control(self) -> LoadPhase:
         if self.rate_max is not None and self.rate_max < self.rate:
             raise ValueError(f"rate_max ({self.rate_max:g}) is below rate ({self.rate:g})")
-        if self.workload != "sign-in":
-            raise ValueError(f"workload {self.workload!r} is not implemented yet (only 'sign-in')")
+        if self.workload == "relay":
+            raise ValueError("workload 'relay' is not implemented yet (sign-in and im are; for relay allocation "
+                             "load use `edgesim bench relay --mras`)")
         return self
 
 
