@@ -10,27 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
 
-
-def _range(text: str) -> tuple[int, int]:
-    low, sep, high = text.partition("-")
-    try:
-        first, last = int(low), int(high if sep else low)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected LOW-HIGH") from None
-    if not 0 < first <= last < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected 1 <= LOW <= HIGH <= 65535")
-    return first, last
-
-
-def _user(text: str) -> tuple[str, str]:
-    user, sep, password = text.partition(":")
-    if not sep or not user:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected USER:PASSWORD")
-    return user, password
+from simulator.cli.argtypes import port_range, user_password
 
 
 def _positive(kind: type[int] | type[float]) -> Any:
@@ -56,7 +41,7 @@ def add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--target", required=True, metavar="HOST[:PORT]|FQDN",
                    help="an IPv4 address, or a pool name: every A record is a node (per-node figures)")
     p.add_argument("--nameserver", metavar="IP[:PORT]", help="resolve an FQDN --target here (default: system)")
-    p.add_argument("--user", type=_user, metavar="U:P", help="long-term credentials (with --secret: U is the "
+    p.add_argument("--user", type=user_password, metavar="U:P", help="long-term credentials (with --secret: U is the "
                    "REST username suffix, P ignored)")
     p.add_argument("--mras", metavar="SCENARIO", help="credentials from MRAS the way a Lync client gets them: a "
                    "remote user of SCENARIO (with a deployment: section) signs in on the Access Edge and asks the "
@@ -77,8 +62,8 @@ def add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--timeout", type=_positive(float), default=5.0, help="seconds per request")
     p.add_argument("--bind", nargs="+", default=[], metavar="ADDR", help="source addresses (round robin; "
                    "split across workers)")
-    p.add_argument("--source-ports", type=_range, metavar="LOW-HIGH", help="source ports (split across workers)")
-    p.add_argument("--relay-range", type=_range, metavar="LOW-HIGH",
+    p.add_argument("--source-ports", type=port_range, metavar="LOW-HIGH", help="source ports (split across workers)")
+    p.add_argument("--relay-range", type=port_range, metavar="LOW-HIGH",
                    help="the server's relay range, for the port histogram (default: the ports seen)")
     p.add_argument("--workers", type=_positive(int), default=1, help="client processes (spawned; results merged)")
     p.add_argument("--executor", metavar="dask://HOST:PORT", help="run the shards on a Dask cluster instead")
@@ -86,7 +71,9 @@ def add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--threshold", action="append", default=[], metavar="EXPR",
                    help="e.g. 'alloc_ok_ratio>0.999', 'alloc_ms:p99<50'; a failure exits 1")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="client event loop")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="seed of the transaction IDs and timing (default: a random "
+                   "one, so a second run never repeats a first run's transaction IDs, which a server rightly "
+                   "answers from its retransmission cache)")
     p.add_argument("--out", metavar="DIR", help="write report.json and ports.csv here")
     p.add_argument("--json", action="store_true", help="the report as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no live lines")
@@ -158,7 +145,8 @@ def cmd_bench_relay(args: argparse.Namespace, console: Any) -> int:
             nodes=nodes, credentials=Credentials(user, password, secret=args.secret), dialect=args.dialect,
             transport=args.transport, concurrency=args.concurrency, rate=args.rate, count=args.count,
             duration=args.duration, hold=max(0.0, args.hold), timeout=args.timeout, local_hosts=tuple(args.bind),
-            port_slice=args.source_ports, seed=args.seed, realm=args.realm)
+            port_slice=args.source_ports, seed=secrets.randbits(31) if args.seed is None else args.seed,
+            realm=args.realm)
         specs = bench.shard_specs(spec, args.workers)
         cpu0 = bench.read_process_cpu(args.server_pid) if args.server_pid else None
         host0 = bench.read_host_cpu()

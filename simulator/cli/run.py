@@ -41,7 +41,7 @@ from simulator.report.render import print_summary, render_table
 from simulator.scenario.load import LoadReport, check_load, run_load
 from simulator.scenario.load_sampler import LoadSampler
 from simulator.scenario.runner import RuleResult, run_rules
-from simulator.scenario.thresholds import LoadThreshold, ThresholdError, evaluate, print_live
+from simulator.scenario.thresholds import LoadThreshold, ThresholdError, evaluate, histogram_value, print_live
 from simulator.spec.loader import load_scenario
 from simulator.spec.rules import RULES_BY_ID
 from simulator.spec.schema import Scenario
@@ -194,15 +194,8 @@ def check_thresholds(thresholds: tuple[LoadThreshold, ...], outcome: LoadReport 
         if meter is None:
             return None
         if threshold.metric in LOAD_HISTOGRAMS:
-            histogram = meter.latency if threshold.metric == "sign_in_ms" else meter.im_latency
-            if not histogram.get_total_count():
-                return None
-            aggregate = threshold.aggregate or "p50"
-            if aggregate.startswith("p"):
-                return float(histogram.get_value_at_percentile(float(aggregate[1:]))) / 1000
-            return float({"min": histogram.get_min_value() / 1000, "max": histogram.get_max_value() / 1000,
-                    "mean": histogram.get_mean_value() / 1000, "avg": histogram.get_mean_value() / 1000,
-                    "count": float(histogram.get_total_count())}[aggregate])
+            return histogram_value(meter.latency if threshold.metric == "sign_in_ms" else meter.im_latency,
+                                   threshold.aggregate)
         figures = meter.to_dict(duration)
         if threshold.metric.startswith("fail_"):
             return float(figures["failures"].get(threshold.metric.removeprefix("fail_"), 0))

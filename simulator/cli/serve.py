@@ -18,6 +18,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from simulator.cli.argtypes import port_range, user_password
 from simulator.cli.scenarios import default_scenario
 from simulator.core.ports import DEFAULT_FIRST_PORT, DEFAULT_LAST_PORT
 
@@ -202,22 +203,8 @@ def _address(text: str) -> str:
     return text.strip("[]")
 
 
-def _relay_range(text: str) -> tuple[int, int]:
-    first, sep, last = text.partition("-")
-    try:
-        lo, hi = int(first), int(last if sep else first)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"bad port range {text!r} (want FIRST-LAST)") from exc
-    if not 0 < lo <= hi <= 0xFFFF:
-        raise argparse.ArgumentTypeError(f"bad port range {text!r}")
-    return lo, hi
 
 
-def _user(text: str) -> tuple[str, str]:
-    name, sep, password = text.partition(":")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"bad user {text!r} (want USER:PASSWORD)")
-    return name, password
 
 
 def add_serve_av_edge(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -235,9 +222,9 @@ def add_serve_av_edge(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument("--relay-bind", type=_address, help="where relay sockets bind (default: --listen)")
     p.add_argument("--udp-port", type=int, default=3478, help="UDP listener port (0: any)")
     p.add_argument("--tcp-port", type=int, default=443, help="TCP listener port (0: any)")
-    p.add_argument("--relay-range", type=_relay_range, default=(DEFAULT_FIRST_PORT, DEFAULT_LAST_PORT),
+    p.add_argument("--relay-range", type=port_range, default=(DEFAULT_FIRST_PORT, DEFAULT_LAST_PORT),
                    metavar="FIRST-LAST", help="relay ports (default 50000-59999)")
-    p.add_argument("--user", type=_user, action="extend", nargs="+", default=[], metavar="U:P",
+    p.add_argument("--user", type=user_password, action="extend", nargs="+", default=[], metavar="U:P",
                    help="static long-term credential(s)")
     p.add_argument("--realm", default="edgesim")
     p.add_argument("--secret", help="REST API shared secret (username 'expiry:user', HMAC-SHA1 password)")

@@ -21,8 +21,7 @@ import queue
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from hdrh.histogram import HdrHistogram
 
@@ -34,7 +33,8 @@ from simulator.net.clients.relay_load import (
     new_histogram,
     run_shard,
 )
-from simulator.scenario.thresholds import OPS, THRESHOLD
+from simulator.scenario.thresholds import LoadThreshold, ThresholdError, histogram_value
+from simulator.scenario.thresholds import evaluate as evaluate_thresholds
 
 Snapshot = dict[str, Any]
 OnTick = Callable[[Snapshot], None]
@@ -455,51 +455,27 @@ def live_figures(snapshots: dict[int, Snapshot]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- thresholds
-_THRESHOLD = THRESHOLD  # shared with edgesim run (simulator.scenario.thresholds)
 HISTOGRAM_METRICS = {"alloc_ms": "alloc_us", "release_ms": "release_us"}
 SCALAR_METRICS = ("alloc_ok_ratio", "allocs_per_s", "started", "ok", "failed", "released", "release_failed",
                   "exhaustion_held", "time_to_exhaustion_s")
-_OPS = OPS
 
 
-@dataclass(frozen=True)
-class Threshold:
-    text: str
-    metric: str
-    aggregate: str | None
-    op: str
-    value: float
+class Threshold(LoadThreshold):
+    """A bench threshold: :class:`~simulator.scenario.thresholds.LoadThreshold` over the bench report's metrics."""
 
     @classmethod
-    def parse(cls, text: str) -> Threshold:
-        match = _THRESHOLD.match(text)
-        if match is None:
-            raise BenchError(f"--threshold {text!r}: expected METRIC[:AGG] OP NUMBER, e.g. 'alloc_ms:p99<50'")
-        metric, aggregate, op, value = match.groups()
-        known = metric in SCALAR_METRICS or metric.startswith(("fail_", "answers_"))
-        if metric in HISTOGRAM_METRICS:
-            if aggregate is None:
-                raise BenchError(f"--threshold {text!r}: {metric} needs an aggregate (:p99, :max, :mean …)")
-        elif not known:
-            names = ", ".join([*SCALAR_METRICS, *HISTOGRAM_METRICS, "fail_<reason>", "answers_<code>"])
-            raise BenchError(f"--threshold {text!r}: unknown metric {metric!r} (known: {names})")
-        elif aggregate is not None:
-            raise BenchError(f"--threshold {text!r}: {metric} is a number, it takes no :{aggregate}")
-        return cls(text.strip(), metric, aggregate, op, float(value))
+    def parse(cls, text: str, histograms: Sequence[str] = (), scalars: Sequence[str] = (),
+              prefixes: Sequence[str] = ()) -> Threshold:
+        try:
+            parsed = LoadThreshold.parse(text, histograms or tuple(HISTOGRAM_METRICS), scalars or SCALAR_METRICS,
+                                         prefixes or ("fail_", "answers_"))
+        except ThresholdError as error:
+            raise BenchError(str(error)) from None
+        return cls(parsed.text, parsed.metric, parsed.aggregate, parsed.op, parsed.value)
 
     def actual(self, report: dict[str, Any]) -> float | None:
         if self.metric in HISTOGRAM_METRICS:
-            hist = _decode(report["histograms"][HISTOGRAM_METRICS[self.metric]])
-            if hist.get_total_count() == 0:
-                return None
-            agg = self.aggregate or "p50"
-            if agg.startswith("p"):
-                return float(hist.get_value_at_percentile(float(agg[1:]))) / 1000
-            values: dict[str, float] = {
-                "min": hist.get_min_value() / 1000, "max": hist.get_max_value() / 1000,
-                "mean": hist.get_mean_value() / 1000, "avg": hist.get_mean_value() / 1000,
-                "count": float(hist.get_total_count())}
-            return values[agg]
+            return histogram_value(_decode(report["histograms"][HISTOGRAM_METRICS[self.metric]]), self.aggregate)
         if self.metric == "exhaustion_held":
             held = report["exhaustion"]["held_at_first_508"]
             return None if held is None else float(held)
@@ -515,12 +491,7 @@ class Threshold:
 
 def evaluate(thresholds: Sequence[Threshold], report: dict[str, Any]) -> list[dict[str, Any]]:
     """Each threshold with its actual value and whether it passed (no value: failed)."""
-    out = []
-    for threshold in thresholds:
-        actual = threshold.actual(report)
-        ok = actual is not None and _OPS[threshold.op](actual, threshold.value)
-        out.append({"threshold": threshold.text, "actual": actual, "ok": ok})
-    return out
+    return evaluate_thresholds(thresholds, lambda threshold: cast(Threshold, threshold).actual(report))
 
 
 # ------------------------------------------------------------------------------------------- MRAS credentials

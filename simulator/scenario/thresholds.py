@@ -54,6 +54,19 @@ class LoadThreshold:
         return cls(text.strip(), metric, aggregate, op, float(value))
 
 
+def histogram_value(histogram: Any, aggregate: str | None) -> float | None:
+    """An HDR histogram of µs read in ms: ``pNN``, ``min``, ``max``, ``mean``/``avg``, or the ``count``; None when
+    it holds no value (a threshold on it then fails, as k6's does)."""
+    if not histogram.get_total_count():
+        return None
+    chosen = aggregate or "p50"
+    if chosen.startswith("p"):
+        return float(histogram.get_value_at_percentile(float(chosen[1:]))) / 1000
+    return float({"min": histogram.get_min_value() / 1000, "max": histogram.get_max_value() / 1000,
+                  "mean": histogram.get_mean_value() / 1000, "avg": histogram.get_mean_value() / 1000,
+                  "count": float(histogram.get_total_count())}[chosen])
+
+
 def evaluate(thresholds: Sequence[LoadThreshold],
              actual: Callable[[LoadThreshold], float | None]) -> list[dict[str, Any]]:
     """Each threshold with its actual value and whether it held (no value: failed)."""

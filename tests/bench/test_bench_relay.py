@@ -8,6 +8,7 @@ allocations, and RFC 8656 §7.2 says the next Allocate gets 508 (Insufficient Ca
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,15 @@ from simulator.cli import main
 from tests.bench.servers import PASSWORD, RANGE_SIZE, REALM, USER, coturn, edgesim, host, relay_range_of
 from tests.interop.turnpeers import TurnServer
 
+_SLICES = itertools.count()  # one source-port slice per bench run in this module (servers are shared)
+
 
 def bench(tmp_path: Path, server: TurnServer, *extra: str, transport: str = "udp", dialect: str = "rfc8656",
           client: int = 200) -> tuple[int, dict[str, Any]]:
     port = server.udp_port if transport == "udp" else server.tcp_port
     runs = len(list(tmp_path.iterdir()))
     out = tmp_path / f"run-{dialect}-{transport}-{runs}"
-    first = 30000 + 1000 * (runs % 20)
+    first = 30000 + 1000 * (next(_SLICES) % 25)
     low, high = relay_range_of(server)
     code = main(["bench", "relay", "--target", f"{server.host}:{port}", "--user", f"{USER}:{PASSWORD}",
                  "--realm", REALM, "--dialect", dialect, "--transport", transport, "--bind", host(client),
