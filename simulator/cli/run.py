@@ -33,6 +33,7 @@ from simulator.cli.errors import (
 )
 from simulator.cli.scenarios import default_scenario
 from simulator.lab.addressing import AddressPlan, PortMap
+from simulator.lab.av import av_workers_problem
 from simulator.lab.topology import Lab
 from simulator.report.junit import write_junit
 from simulator.report.model import build_report
@@ -106,6 +107,11 @@ def prepare(args: argparse.Namespace) -> Plan:
         except ValueError:
             raise UsageError(f"--lab-prefix {args.lab_prefix}: use 127.N with N from 1 to 255") from None
     scenario = apply_load_control(scenario, args)
+    av_workers = getattr(args, "av_workers", None)
+    if av_workers is not None:
+        problem = av_workers_problem(scenario, av_workers)
+        if problem is not None:
+            raise UsageError(f"--av-workers {av_workers}: {problem}")
     thresholds = parse_thresholds(getattr(args, "threshold", []))
     rule_ids = scenario.selected_rules
     if args.rules:
@@ -263,7 +269,7 @@ def _forget(plan: Plan) -> None:
 async def _run_lab(args: argparse.Namespace, console: Console, scenario: Scenario, rule_ids: list[str],
                    started: dt.datetime, thresholds: tuple[LoadThreshold, ...] = (),
                    checks: list[dict[str, Any]] | None = None) -> Any:
-    async with Lab(scenario) as lab:
+    async with Lab(scenario, av_workers=getattr(args, "av_workers", None)) as lab:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=True,
                       disable=args.no_progress) as progress:

@@ -29,6 +29,9 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--no-load", action="store_true", help="probe the rules only; skip load phases and events")
     run.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                      help="event loop (default uvloop; the test suite runs the lab on asyncio's)")
+    run.add_argument("--av-workers", type=int, metavar="N", help="run each node's A/V Edge interfaces on N worker "
+                     "processes each (as `serve av-edge --workers N`: SO_REUSEPORT, relay-port slices, MRAS "
+                     "HMAC credentials); default: in-process")
     add_load_control_arguments(run)
 
 

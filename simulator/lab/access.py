@@ -129,7 +129,8 @@ def access_edge_services(lab: Lab, node: NodeSpec) -> dict[str, Service]:
     # Credentials expire on the clock the pool's A/V Edges check them with: the loop's, in Unix seconds.
     mras_service = MrasService(MrasConfig(node.name, relays), internal, lab.port_map(MRAS_PORT),
                                lab.internal_server_context(), lab.internal_peer_names, lab.credentials,
-                               random.Random(f"{lab.scenario.seed}:mras:{node.name}"), clock=loop_unix_time)
+                               random.Random(f"{lab.scenario.seed}:mras:{node.name}"), clock=loop_unix_time,
+                               secret=lab.av_secret)  # A/V Edges in workers: HMAC credentials
     return {"access-edge": edge, **edge.listeners, "mras": mras_service}
 
 

@@ -54,6 +54,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from simulator.lab.av import worker_av_edges
 from simulator.net.edge.access_edge import AccessEdge
 from simulator.net.edge.av_edge import AvEdgeServer
 from simulator.net.peers.dns import DnsServer
@@ -91,6 +92,7 @@ def lab_sources(lab: Lab) -> Sources:
             listener = getattr(service, "listener", None)  # MRAS: a service around one SIP listener
             if isinstance(listener, TlsListener):
                 sources.tls_listeners.append((node_name, listener.name, listener))
+    sources.av_edges.extend(worker_av_edges(lab))  # A/V Edges on worker processes (edgesim run --av-workers)
     if lab.dns is not None:
         sources.dns.append(lab.dns)
     return sources

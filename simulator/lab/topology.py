@@ -8,6 +8,7 @@ their own loopback addresses, and stops and cleans everything on exit.
 from __future__ import annotations
 
 import random
+import secrets
 import ssl
 import tempfile
 from dataclasses import dataclass
@@ -83,8 +84,19 @@ class Lab:
     """Everything a scenario needs, running in this process (or the part of it ``placement`` names)."""
 
     def __init__(self, scenario: Scenario, pki: LabPki | None = None, port_map: PortMap | None = None, *,
-                 placement: Placement | None = None, pki_files: PkiFiles | None = None) -> None:
-        """``pki`` with ``pki_files``: a PKI already on disk (``edgesim certs``), shared by every host."""
+                 placement: Placement | None = None, pki_files: PkiFiles | None = None,
+                 av_workers: int | None = None) -> None:
+        """``pki`` with ``pki_files``: a PKI already on disk (``edgesim certs``), shared by every host.
+
+        ``av_workers``: run each node's A/V Edge interfaces on that many worker processes each (``edgesim run
+        --av-workers N``, :mod:`simulator.lab.av`); MRAS then issues HMAC credentials of ``av_secret``.
+        ValueError when the count does not fit the scenario (see :func:`~simulator.lab.av.av_workers_problem`).
+        """
+        problem = None if av_workers is None else av.av_workers_problem(scenario, av_workers)
+        if problem is not None:
+            raise ValueError(problem)
+        self.av_workers = av_workers
+        self.av_secret = None if av_workers is None else secrets.token_hex(20)
         self.scenario = scenario
         self.placement = placement or Placement()
         deployed = self.placement.deployed
@@ -100,7 +112,7 @@ class Lab:
         self.zone = Zone.from_records(zone_records(scenario, self.plan))
         self.dns: DnsServer | None = None
         self.crl_server: StaticHttpServer | None = None
-        self.credentials = CredentialStore()  # pool-wide: MRAS issues, every A/V Edge checks
+        self.credentials = CredentialStore(self.av_secret)  # pool-wide: MRAS issues, every A/V Edge checks
         self.services: dict[str, Service] = {}  # lab services that are not on a node
         self.rng = random.Random(scenario.seed)
         self.pool_nat = None if deployed else self._pool_nat()  # deployed: the real firewall NATs

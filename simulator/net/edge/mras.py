@@ -3,6 +3,9 @@
 It answers SIP SERVICE ``application/msrtc-media-relay-auth+xml`` from the Front End or Director with
 time-limited A/V credentials and the pool's ``mediaRelayList`` (research-lync-edge §1.3), and issues the
 credentials into the pool's :class:`~simulator.core.credentials.CredentialStore` that every A/V Edge checks.
+Given the pool's ``secret`` (the A/V Edges run in worker processes, which share no store), it issues
+:func:`~simulator.core.credentials.derived_credential` ones instead: HMAC of the secret, which every worker
+verifies on its own (they are recorded in the store as well).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from simulator.core.credentials import CredentialStore, IssuedCredential
+from simulator.core.credentials import CredentialStore, IssuedCredential, derived_credential
 from simulator.net.edge.access_edge import SERVER_HEADER
 from simulator.net.transport.sip_connection import SipConnection, SipTlsListener, format_diagnostic
 from simulator.wire import mras
@@ -42,8 +45,9 @@ class MrasService:
 
     def __init__(self, config: MrasConfig, host: str, port: int, context: ssl.SSLContext,
                  internal_peers: frozenset[str], store: CredentialStore, rng: random.Random,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, secret: str | None = None) -> None:
         self.config = config
+        self._secret = secret
         self._store = store
         self._rng = rng
         self._clock = clock
@@ -85,9 +89,14 @@ class MrasService:
             self.refused["malformed"] += 1
             return make_response(request, 400, to_tag=tag, headers=[*headers, format_diagnostic(1000, error.reason)])
         duration = max(1, min(body.duration, self.config.max_duration))
-        username = f"{self._rng.getrandbits(160):040x}"
-        password = f"{self._rng.getrandbits(128):032x}"
-        self._store.issue(IssuedCredential(username, password, self._clock() + duration * 60, body.identity))
+        expires_at = self._clock() + duration * 60
+        if self._secret is not None:
+            credential = derived_credential(self._secret, body.identity, expires_at)
+        else:
+            credential = IssuedCredential(f"{self._rng.getrandbits(160):040x}", f"{self._rng.getrandbits(128):032x}",
+                                          expires_at, body.identity)
+        self._store.issue(credential)
+        username, password = credential.username, credential.password
         self.issued += 1
         answer = mras.MrasResponse(
             request_id=body.request_id, from_uri=body.to_uri, to_uri=body.from_uri,

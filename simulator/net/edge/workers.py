@@ -40,6 +40,7 @@ import gc
 import multiprocessing
 import os
 import random
+import secrets
 import signal
 import socket
 import sys
@@ -47,9 +48,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, cast
 
+from simulator.core.nat import StaticNat, StaticNatConfig
 from simulator.core.ports import PoolMetrics
 from simulator.core.turn.state import TurnMetrics
-from simulator.net.edge.av_edge import AvEdgeServer, _Stream
+from simulator.net.edge.av_edge import AvEdgeServer, PoolNatView, _Stream
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -238,6 +240,20 @@ class _HandedStream(_Stream):
 
 
 @dataclass(frozen=True)
+class WorkerNat:
+    """The embedded lab's pool 1:1 NAT as one worker emulates it (a :class:`PoolNatView` over its own table).
+
+    The NAT's rules are stateless but for ``snat_inbound``'s inside-address bindings: each worker keeps its own
+    table, seeded ``f"{seed}:w{index}"``, so those bindings are per worker rather than one per pool.
+    """
+
+    config: StaticNatConfig
+    private_host: str
+    listeners: bool
+    seed: str
+
+
+@dataclass(frozen=True)
 class WorkerSpec:
     """What a worker process needs to start (pickled to the spawned interpreter)."""
 
@@ -258,6 +274,8 @@ class WorkerSpec:
     max_allocations: int | None = None
     user_quota: int | None = None
     seed: int | None = None
+    config: dict[str, Any] | None = None  # AvEdgeServer ``config`` (the lab: private_hosts, alternate_host)
+    nat: WorkerNat | None = None  # the embedded lab's pool NAT emulation
 
 
 @dataclass
@@ -297,12 +315,16 @@ async def _worker_main(spec: WorkerSpec, conn: Connection) -> int:
     for name, password in spec.users:
         store.add_static(name, password)
     steering = Steering(spec.index, spec.count, spec.token)
+    nat = spec.nat
+    view = None if nat is None else PoolNatView(
+        StaticNat(nat.config, random.Random(f"{nat.seed}:w{spec.index}")), nat.private_host, spec.public,
+        listeners=nat.listeners)
     edge = AvEdgeServer(
         spec.listen, spec.public, relay_host=spec.relay_bind, udp_port=spec.udp_port, tcp_port=spec.tcp_port,
         credentials=store, realm=spec.realm, first_port=spec.first_port, last_port=spec.last_port,
         max_allocations=spec.max_allocations, user_quota=spec.user_quota, seed=spec.seed, reuse_port=True,
         nonce_secret=spec.nonce_secret, core_random=lambda seed: WorkerRandom(seed, spec.index, spec.count),
-        stream_factory=steering.stream)
+        stream_factory=steering.stream, config=spec.config, nat_view=view)
     try:
         await edge.start()
     except OSError as error:
@@ -399,18 +421,20 @@ class WorkerPool:
     def plan(cls, count: int, *, listen: str, public: str, relay_bind: str | None, udp_port: int, tcp_port: int,
              first_port: int, last_port: int, users: tuple[tuple[str, str], ...] = (), realm: str = "edgesim",
              secret: str | None = None, max_allocations: int | None = None, user_quota: int | None = None,
-             seed: int | None = None) -> WorkerPool:
+             seed: int | None = None, config: dict[str, Any] | None = None,
+             nat: WorkerNat | None = None) -> WorkerPool:
         """The workers of one interface: relay slices, quota shares, seeds and one nonce secret."""
         rng = random.Random(seed) if seed is not None else random.SystemRandom()
         nonce_secret = rng.randbytes(20)
-        token = f"{os.getpid()}-{rng.getrandbits(48):012x}"
+        # Never from the seed: two pools of one process (the lab's interfaces and nodes) need distinct sockets.
+        token = f"{os.getpid()}-{secrets.token_hex(6)}"
         specs = []
         for index, (first, last) in enumerate(relay_slices(first_port, last_port, count)):
             quota = None if max_allocations is None else max_allocations // count + (
                 1 if index < max_allocations % count else 0)
             specs.append(WorkerSpec(
                 index, count, token, listen, public, relay_bind, udp_port, tcp_port, first, last, nonce_secret,
-                users, realm, secret, quota, user_quota, None if seed is None else seed + index))
+                users, realm, secret, quota, user_quota, None if seed is None else seed + index, config, nat))
         return cls(specs)
 
     async def start(self) -> None:
@@ -496,6 +520,34 @@ class WorkerPool:
             conn.close()
         self.processes.clear()
         self.conns.clear()
+
+
+class AvEdgeWorkers:
+    """One A/V Edge interface on a :class:`WorkerPool`, as a lab service (``running``, ``start``, ``stop``).
+
+    The embedded lab's ``Lab(scenario, av_workers=N)`` runs each node's interfaces this way; stopping the service
+    (a scenario's ``stop_node`` with service ``av``) stops its workers, and their last counters stay readable.
+    """
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        await self.pool.start()
+        self._running = True
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        await self.pool.stop()
 
 
 def _probe(host: str, port: int, kind: socket.SocketKind) -> None:
