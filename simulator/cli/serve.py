@@ -16,14 +16,18 @@ import gc
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from simulator.cli.argtypes import port_range, user_password
 from simulator.cli.scenarios import default_scenario
 from simulator.core.ports import DEFAULT_FIRST_PORT, DEFAULT_LAST_PORT
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
     from simulator.lab.metrics import Sources
+    from simulator.lab.topology import Lab
+    from simulator.net.edge.ae_workers import AccessEdgeWorkers
 
 EXIT_ENVIRONMENT = 3  # the host cannot do it: address in use, missing capture tool or privilege, unwritable file
 EXIT_CODES_HELP = ("exit codes: 0 stopped cleanly (SIGINT/SIGTERM or --duration), 2 usage error, "
@@ -64,11 +68,13 @@ def add_observability(parser: argparse.ArgumentParser, *, tls: bool) -> None:
 
 @contextlib.asynccontextmanager
 async def observed(args: argparse.Namespace, what: str, sources: Callable[[], Sources],
-                   capture_hosts: str | Iterable[str], *, interface: str | None = None) -> AsyncIterator[None]:
+                   capture_hosts: str | Iterable[str], *, interface: str | None = None,
+                   collectors: Iterable[Collector] = ()) -> AsyncIterator[None]:
     """Key log, metrics endpoint and capture around a serve command; the one-line summary when it ends.
 
     ``capture_hosts``: the prefix or addresses ``--pcap`` captures, on ``interface`` (default: loopback, where
-    the embedded lab lives; a firewall-lab side on real interfaces passes ``"any"``).
+    the embedded lab lives; a firewall-lab side on real interfaces passes ``"any"``). ``collectors``: more
+    metric families for the same registry.
 
     Everything the environment may refuse is checked here, before the server's own listeners start, and
     raised as :class:`EnvironmentProblem`.
@@ -81,6 +87,8 @@ async def observed(args: argparse.Namespace, what: str, sources: Callable[[], So
     except capture.CaptureError as error:
         raise EnvironmentProblem(str(error)) from None
     registry = registry_for(sources)
+    for collector in collectors:
+        registry.register(collector)
     async with contextlib.AsyncExitStack() as stack:
         metrics, pcap_path = getattr(args, "metrics", None), getattr(args, "pcap", None)
         if metrics is not None:
@@ -150,6 +158,10 @@ def add_serve_access_edge(subparsers: argparse._SubParsersAction[argparse.Argume
     parser.add_argument("--node", help="which pool node to announce (default: the first)")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--pki-out", default=None, help="also write the lab PKI here (for peers on other hosts)")
+    parser.add_argument("--workers", type=_workers, default=1, metavar="N",
+                        help="serve the node's Access Edge listeners (TLS 443, MTLS 5061 external and internal) with "
+                        "N processes sharing the ports (SO_REUSEPORT); the Director, MRAS 5062 and the rest of the "
+                        "lab stay in this process; 'auto': one per core (default 1: one process)")
     add_observability(parser, tls=True)
     parser.set_defaults(handler=_cmd_serve_access_edge)
 
@@ -162,6 +174,8 @@ async def _serve_access_edge(args: argparse.Namespace) -> int:
     from simulator.lab.access import SIP_MTLS_PORT, SIP_TLS_PORT, access_edge_address, user_accounts
     from simulator.lab.metrics import Sources, lab_sources
     from simulator.lab.topology import Lab
+    from simulator.net.edge.access_edge import AccessEdge
+    from simulator.net.transport.listener import TlsListener
     from simulator.spec.loader import load_scenario
 
     scenario = load_scenario(args.scenario or default_scenario())
@@ -170,30 +184,104 @@ async def _serve_access_edge(args: argparse.Namespace) -> int:
         print(f"edgesim: no node {node!r} in {scenario.name}", file=sys.stderr)
         return 2
     lab: Lab | None = None
+    workers: AccessEdgeWorkers | None = None
     prefix = f"{scenario.lab.loopback_prefix}.0.0/16"  # every lab host lives there (simulator.lab.addressing)
+
+    def sources() -> Sources:
+        if lab is None:
+            return Sources()
+        found = lab_sources(lab)
+        if workers is not None and workers.running:
+            merged, listeners = workers.views()
+            found.access_edges.append((node, cast(AccessEdge, merged)))  # duck-typed: proxy and refused
+            found.tls_listeners.extend((node, name, cast(TlsListener, view)) for name, view in listeners)
+        return found
+
+    collectors = [] if args.workers <= 1 else [_WorkerCollector(node, lambda: workers)]
     try:
-        async with observed(args, "access-edge", lambda: Sources() if lab is None else lab_sources(lab), prefix):
+        async with observed(args, "access-edge", sources, prefix, collectors=collectors):
             try:
                 lab = Lab(scenario)
                 await lab.start()  # stops what it started when it fails
             except OSError as error:
                 lab = None
                 raise EnvironmentProblem(str(error)) from None
+            if args.workers > 1:
+                try:
+                    workers = await _access_edge_workers(lab, node, args.workers)
+                except OSError as error:  # the lab stops below
+                    raise EnvironmentProblem(str(error)) from None
             if args.pki_out:
                 lab.pki.write(args.pki_out)
             address = access_edge_address(lab, node)
+            if workers is not None:
+                print(f"access-edge workers {args.workers}", flush=True)
             print(f"access-edge ready tls={address}:{lab.port_map(SIP_TLS_PORT)} "
                   f"mtls={address}:{lab.port_map(SIP_MTLS_PORT)}", flush=True)
             for account in user_accounts(lab):
                 print(f"user {account.aor} password {account.password} from {account.host}", flush=True)
             await wait_for_stop(args.duration)
             # leaving ``observed`` prints the summary while the lab still runs; the lab stops below
+        if workers is not None:
+            print(f"access-edge {workers.describe()}", flush=True)
     except EnvironmentProblem as error:
         return _environment_error("access-edge", error)
     finally:
         if lab is not None:
-            await lab.stop()
+            await lab.stop()  # the workers too: they are one of the node's services
     return 0
+
+
+async def _access_edge_workers(lab: Lab, node: str, count: int) -> AccessEdgeWorkers:
+    """Move ``node``'s Access Edge listeners from this process to ``count`` worker processes.
+
+    The lab started them here (single-process, no SO_REUSEPORT: holding the ports proves no other process
+    shares them); they are stopped and the workers bind the same ports with SO_REUSEPORT. The workers become the
+    node's ``access-edge-workers`` service, so stopping the lab stops them. OSError if one cannot listen.
+    """
+    from simulator.lab.names import DNS_PORT
+    from simulator.net.edge.access_edge import AccessEdge
+    from simulator.net.edge.ae_workers import LISTENERS, AccessEdgeWorkers
+
+    files = lab.files
+    assert files is not None
+    services = lab.nodes[node].services
+    edge = services["access-edge"]
+    assert isinstance(edge, AccessEdge)
+    workers = AccessEdgeWorkers.plan(
+        count, config=edge.config, ca=files.ca, crl=files.crl, external_cert=files.cert("edge-external"),
+        internal_cert=files.cert("edge-internal"), next_hop=edge.next_hop,
+        dns=(lab.plan.host("dns").address, lab.port_map(DNS_PORT)), port_map=lab.port_map,
+        internal_peers=lab.internal_peer_names, seed=f"{lab.scenario.seed}:access:{node}")
+    for name in (*LISTENERS, "access-edge"):
+        await services.pop(name).stop()
+    services["access-edge-workers"] = workers
+    await workers.start()
+    return workers
+
+
+class _WorkerCollector:
+    """Per-worker figures of ``serve access-edge --workers N``: flows held and requests handed over."""
+
+    def __init__(self, node: str, workers: Callable[[], AccessEdgeWorkers | None]) -> None:
+        self._node = node
+        self._workers = workers
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        flows = GaugeMetricFamily("edgesim_sip_worker_flows", "remote users' and partners' connections a worker "
+                                  "holds now", labels=["node", "worker"])
+        handovers = CounterMetricFamily("edgesim_sip_worker_handovers", "requests from inside passed between "
+                                        "workers to the one holding their flow: out (passed on) and in (sent down "
+                                        "a flow here)", labels=["node", "worker", "direction"])
+        workers = self._workers()
+        if workers is not None and workers.running:
+            for index, snap in enumerate(workers.snapshots()):
+                flows.add_metric([self._node, f"w{index}"], snap.flows)
+                handovers.add_metric([self._node, f"w{index}", "out"], snap.handed_out)
+                handovers.add_metric([self._node, f"w{index}", "in"], snap.handed_in)
+        yield from (flows, handovers)
 
 
 # ------------------------------------------------------------------ serve av-edge

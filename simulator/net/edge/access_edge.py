@@ -21,6 +21,11 @@ Refusals carry ``ms-diagnostics`` with the lab's reason code (:func:`~simulator.
 A From (or, in a REGISTER, a To) that is not a SIP or SIPS URI names no user or domain to check: 400 (RFC 3261
 §10.3, RFC 4475 §3.3.4; 416 is for the Request-URI only, §8.2.2.1).
 
+With ``serve access-edge --workers N`` (:mod:`simulator.net.edge.ae_workers`) each worker process runs one
+``AccessEdge`` with ``worker=<index>``: its flow tokens then name the worker (``w<index>.<connection id>``), and
+a request from inside whose flow another worker holds is proxied to that worker over the inter-worker link
+(``peer_link``, a connection with ``side="worker"``), which sends it down the flow.
+
 Every request and response goes through the transactions of one sans-I/O
 :class:`~simulator.core.sip_element.SipElement` (RFC 3261 §16, §17), driven by
 :class:`~simulator.net.transport.sip_proxy.SipProxy`; this module is the routing part of the proxy's
@@ -34,7 +39,7 @@ import contextlib
 import random
 import ssl
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from simulator.core.dns_policy import LyncFailoverPolicy
@@ -91,8 +96,16 @@ class AccessEdge:
 
     def __init__(self, config: AccessEdgeConfig, contexts: EdgeContexts, next_hop: NextHop,
                  resolver: StubResolver, port_map: Callable[[int], int], rng: random.Random,
-                 internal_peers: frozenset[str], response_timeout: float = 10.0) -> None:
+                 internal_peers: frozenset[str], response_timeout: float = 10.0, *, worker: int | None = None,
+                 listener_class: type[SipTlsListener] = SipTlsListener) -> None:
+        """``worker``: this Edge is worker ``worker`` of several (flow tokens name it; see :attr:`peer_link`);
+        ``listener_class``: what binds the three SIP listeners (the workers' shares the ports)."""
         self.config = config
+        self.worker = worker
+        # worker mode: the connection to worker ``i`` (a request for a flow that worker holds goes there)
+        self.peer_link: Callable[[int], Awaitable[SipConnection]] | None = None
+        self.handed_out = 0  # requests from inside passed to the worker holding their flow
+        self.handed_in = 0  # requests another worker passed here, sent down one of this worker's flows
         self.next_hop = next_hop
         self._contexts = contexts
         self._resolver = resolver
@@ -110,11 +123,11 @@ class AccessEdge:
         self._running = False
         c = config
         self.listeners: dict[str, SipTlsListener] = {
-            "sip-443": SipTlsListener("sip-443", c.external_host, c.tls_port, contexts.client_tls, self._serve,
+            "sip-443": listener_class("sip-443", c.external_host, c.tls_port, contexts.client_tls, self._serve,
                                       side="client"),
-            "sip-5061-external": SipTlsListener("sip-5061-external", c.external_host, c.federation_port,
+            "sip-5061-external": listener_class("sip-5061-external", c.external_host, c.federation_port,
                                                 contexts.federation_server, self._serve, side="federation"),
-            "sip-5061-internal": SipTlsListener("sip-5061-internal", c.internal_host, c.internal_port,
+            "sip-5061-internal": listener_class("sip-5061-internal", c.internal_host, c.internal_port,
                                                 contexts.internal_server, self._serve, side="internal",
                                                 allowed_peers=internal_peers, refuse=self._refuse_peer),
         }
@@ -134,15 +147,20 @@ class AccessEdge:
 
     # -------------------------------------------------------------------------------- connections
 
+    def flow_token(self, connection: SipConnection) -> str:
+        """The flow token naming ``connection``: its id, prefixed ``w<index>.`` in worker mode."""
+        return connection.id if self.worker is None else f"w{self.worker}.{connection.id}"
+
     async def _serve(self, connection: SipConnection) -> None:
+        token = self.flow_token(connection)
         if connection.side in ("client", "federation"):
-            self.flows[connection.id] = connection
+            self.flows[token] = connection
         try:
             async with contextlib.aclosing(connection.messages()) as messages:
                 async for message in messages:
                     await self._on_message(connection, message)
         finally:
-            self.flows.pop(connection.id, None)
+            self.flows.pop(token, None)
 
     async def _refuse_peer(self, connection: SipConnection, reason: Reason) -> None:
         self.refused[str(reason)] += 1
@@ -178,7 +196,7 @@ class AccessEdge:
 
     def _record_route(self, connection: SipConnection) -> str:
         c = self.config
-        return f"<sip:{c.internal_host}:{c.internal_port};transport=tls;lr;{FLOW_PARAM}={connection.id}>"
+        return f"<sip:{c.internal_host}:{c.internal_port};transport=tls;lr;{FLOW_PARAM}={self.flow_token(connection)}>"
 
     def _our_route(self, request: SipRequest) -> SipUri | None:
         routes = request.headers.values("route")
@@ -292,10 +310,17 @@ class AccessEdge:
     async def _from_inside(self, inbound: Inbound, our_route: SipUri | None, uri: SipUri) -> None:
         if our_route is not None:
             token = our_route.param(FLOW_PARAM) or ""
+            owner = flow_owner(token)
+            if (owner is not None and self.worker is not None and owner != self.worker
+                    and self.peer_link is not None and inbound.peer.side != "worker"):
+                await self._to_owner(inbound, owner, self.peer_link)
+                return
             flow = self.flows.get(token) or self._partner_flows.get(token)
             if flow is None or flow.closed:
                 await self._reply(inbound, 480, "the client's connection is gone", Reason.RESET)
                 return
+            if inbound.peer.side == "worker":
+                self.handed_in += 1
             record = self._record_route(flow) if inbound.request.method in DIALOG_CREATING else None
             await self.proxy.forward(inbound, flow, pop_route=True, record_route=record)
             return
@@ -303,6 +328,20 @@ class AccessEdge:
             await self._reply(inbound, 404, "the Edge serves no internal user")
             return
         await self._to_partner(inbound, uri.host.lower())
+
+    async def _to_owner(self, inbound: Inbound, owner: int,
+                        link: Callable[[int], Awaitable[SipConnection]]) -> None:
+        """Worker mode: pass a request for a flow worker ``owner`` holds to it, our Route entry kept (the owner
+        pops it and adds the Record-Route naming its flow)."""
+        try:
+            connection = await link(owner)
+        except OSError as error:
+            self.refused["worker-link"] += 1
+            await self._reply(inbound, 480, f"the worker holding the client's connection is unreachable: {error}",
+                              Reason.RESET)
+            return
+        self.handed_out += 1
+        await self.proxy.forward(inbound, connection)
 
     # --------------------------------------------------------------------------------- federation
 
@@ -352,11 +391,20 @@ class AccessEdge:
             self._policy.report_success(address, now)
             record = None
             if inbound.request.method in DIALOG_CREATING:
-                self._partner_flows[outbound.id] = outbound  # in-dialog requests from inside go back on this link
+                # in-dialog requests from inside go back on this link
+                self._partner_flows[self.flow_token(outbound)] = outbound
                 record = self._record_route(outbound)
             await self.proxy.forward(inbound, outbound, record_route=record)
             return
         await self._reply(inbound, 504, f"cannot connect to the federated peer {last[1]}", last[0], code=1046)
+
+
+def flow_owner(token: str) -> int | None:
+    """The worker a flow token names (``w<index>.<connection id>``); None for a single process's token."""
+    if not token.startswith("w"):
+        return None
+    index, dot, _ = token[1:].partition(".")
+    return int(index) if dot and index.isdigit() else None
 
 
 def _address_problem(request: SipRequest) -> str | None:
