@@ -113,9 +113,4 @@ async def test_200_concurrent_calls_connect_as_rfc4787_predicts_spread_over_both
     total = sum(legs.values())
     if total < 80 or any(abs(count / total - 0.5) > 0.10 for count in legs.values()):
         unmet.append(f"relayed legs {legs}")
-    if unmet:
-        # Known and open (issue 11's closing note): with ~70 of the 200 calls relayed in one process, a few
-        # relayed calls (3-6 %) never get media to the callee after ICE selects relay -> prflx; the queueing that
-        # lost 25 % of relayed media is fixed (Data indications go straight to ICE, 4 MiB listener buffers).
-        # Shown as an expected failure, with what is unmet, until that is found; the invariants above still fail.
-        pytest.xfail(f"relayed path under load (relayed loss {loss(relayed):.2%}): " + "; ".join(unmet[:6]))
+    assert not unmet, f"relayed loss {loss(relayed):.2%}: " + "; ".join(unmet[:6])
