@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SCENARIO ?= scenarios/lync2013-scaled-edge-dns-nat.yaml
 PYTEST_ARGS ?=
+RUN_ARGS ?=
 
 .PHONY: run test bench lint venv clean
 
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/edgesim run $(SCENARIO)
+	$(BIN)/edgesim run $(SCENARIO) $(RUN_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
