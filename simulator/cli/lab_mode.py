@@ -19,7 +19,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simulator.cli.serve import EnvironmentProblem, add_observability, observed, run_until_stopped, wait_for_stop
+from simulator.cli.serve import (
+    AccessWorkerCollector,
+    EnvironmentProblem,
+    add_observability,
+    lab_worker_sources,
+    observed,
+    run_until_stopped,
+    wait_for_stop,
+    worker_count,
+    worker_lines,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -63,7 +73,9 @@ def check_addresses_here(addresses: Iterable[tuple[str, str]]) -> None:
                 raise LabModeError(f"cannot bind {address} ({what}): {error.strerror}", EXIT_ENVIRONMENT) from None
 
 
-def _lab(scenario: Scenario, placement: Placement, pki_folder: str) -> Lab:
+def _lab(scenario: Scenario, placement: Placement, pki_folder: str, workers: int | None = None) -> Lab:
+    """The lab of one side; ``workers``: the node's A/V Edge interfaces and Access Edge on that many processes
+    each (``serve edge --workers N``)."""
     from simulator.lab.pki import PkiFolderError, read_pki
     from simulator.lab.topology import Lab
 
@@ -71,7 +83,10 @@ def _lab(scenario: Scenario, placement: Placement, pki_folder: str) -> Lab:
         pki, files = read_pki(scenario, pki_folder)
     except PkiFolderError as error:
         raise LabModeError(str(error), EXIT_ENVIRONMENT) from None
-    return Lab(scenario, pki, placement=placement, pki_files=files)
+    try:
+        return Lab(scenario, pki, placement=placement, pki_files=files, av_workers=workers, access_workers=workers)
+    except ValueError as error:
+        raise LabModeError(f"--workers: {error}", EXIT_USAGE) from None
 
 
 def side_addresses(scenario: Scenario, side: str, node: str | None) -> list[tuple[str, str]]:
@@ -133,6 +148,13 @@ def add_lab_serve_parsers(serve: argparse._SubParsersAction[argparse.ArgumentPar
         parser.add_argument("--pki", required=True, metavar="DIR", help="the lab PKI written by `edgesim certs`")
         if side == "edge":
             parser.add_argument("--node", required=True, help="which pool node this host is")
+            parser.add_argument("--workers", type=worker_count, default=1, metavar="N",
+                                help="serve the node's Access Edge (TLS 443, MTLS 5061 external and internal) and "
+                                "each of its A/V Edge interfaces (TURN 3478/UDP, 443/TCP; the relay range halved "
+                                "between the interfaces and sliced per worker) with N processes each, sharing "
+                                "the ports (SO_REUSEPORT); Web Conferencing, MRAS 5062, XMPP and the management "
+                                "listeners stay single-process, in the parent; 'auto': one per core (default 1: "
+                                "everything in one process)")
         parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
         parser.add_argument("--observations", metavar="FILE",
                             help="write what reached this side (JSON) on exit, and at SIGUSR1")
@@ -147,8 +169,10 @@ def _cmd_serve_side(args: argparse.Namespace, console: Console) -> int:
 async def _serve_side(args: argparse.Namespace) -> int:
     scenario = _scenario(args.scenario)
     node = _node_of(scenario, getattr(args, "node", None), args.side == "edge")
+    workers = getattr(args, "workers", 1)
+    workers = workers if workers > 1 else None
     check_addresses_here(side_addresses(scenario, args.side, node))
-    lab = _lab(scenario, _placement(args.side, node, serving=True), args.pki)
+    lab = _lab(scenario, _placement(args.side, node, serving=True), args.pki, workers)
     started = dt.datetime.now(dt.UTC)
 
     def dump() -> None:
@@ -156,24 +180,45 @@ async def _serve_side(args: argparse.Namespace) -> int:
             _write_json(args.observations, {
                 "edgesim_observations": 1, "scenario": scenario.name, "side": args.side, "node": node,
                 "started": started.isoformat(), "finished": dt.datetime.now(dt.UTC).isoformat(),
-                "arrivals": lab.arrivals()})
+                "arrivals": lab.arrivals() + worker_arrivals()})
 
-    from simulator.lab.metrics import lab_sources
+    def worker_arrivals() -> list[dict[str, Any]]:
+        """What reached the Access Edge workers' listeners (the A/V Edge workers do not record arrivals)."""
+        from simulator.lab.access import access_edge_workers
+
+        return [entry for _node, pool in access_edge_workers(lab) for entry in pool.arrivals()]
 
     hosts = sorted({address for address, _what in side_addresses(scenario, args.side, node)})
+    collectors = [] if workers is None else [AccessWorkerCollector(lambda: lab)]
+    running = False
     try:
         # deployed sides sit on real interfaces: --pcap captures on all of them, filtered to this side's addresses
-        async with observed(args, f"serve {args.side}", lambda: lab_sources(lab), hosts, interface="any"), lab:
+        async with observed(args, f"serve {args.side}", lambda: lab_worker_sources(lab), hosts, interface="any",
+                            collectors=collectors):
+            try:
+                await lab.start()  # stops what it started when it fails (a worker that cannot listen too)
+            except OSError as error:
+                raise EnvironmentProblem(str(error)) from None
+            running = True
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGUSR1, dump)  # write what arrived so far, keep serving
             try:
+                if workers is not None:
+                    print(f"{args.side} workers {workers} (access-edge, av-external, av-internal; webconf, mras, "
+                          "xmpp and management in the parent)", flush=True)
                 print(f"{args.side} ready" + (f" node={node}" if node else ""), flush=True)
                 await wait_for_stop(args.duration)
             finally:
                 loop.remove_signal_handler(signal.SIGUSR1)
             dump()
+            # leaving ``observed`` prints the summary while the lab still runs; the lab stops below
+        for line in worker_lines(lab, args.side):
+            print(line, flush=True)
     except EnvironmentProblem as error:
         raise LabModeError(str(error), EXIT_ENVIRONMENT) from None
+    finally:
+        if running:
+            await lab.stop()
     return 0
 
 

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
     from simulator.lab.metrics import Sources
     from simulator.lab.topology import Lab
-    from simulator.net.edge.ae_workers import AccessEdgeWorkers
 
 EXIT_ENVIRONMENT = 3  # the host cannot do it: address in use, missing capture tool or privilege, unwritable file
 EXIT_CODES_HELP = ("exit codes: 0 stopped cleanly (SIGINT/SIGTERM or --duration), 2 usage error, "
@@ -158,7 +157,7 @@ def add_serve_access_edge(subparsers: argparse._SubParsersAction[argparse.Argume
     parser.add_argument("--node", help="which pool node to announce (default: the first)")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--pki-out", default=None, help="also write the lab PKI here (for peers on other hosts)")
-    parser.add_argument("--workers", type=_workers, default=1, metavar="N",
+    parser.add_argument("--workers", type=worker_count, default=1, metavar="N",
                         help="serve the node's Access Edge listeners (TLS 443, MTLS 5061 external and internal) with "
                         "N processes sharing the ports (SO_REUSEPORT); the Director, MRAS 5062 and the rest of the "
                         "lab stay in this process; 'auto': one per core (default 1: one process)")
@@ -172,10 +171,8 @@ def _cmd_serve_access_edge(args: argparse.Namespace, console: object) -> int:
 
 async def _serve_access_edge(args: argparse.Namespace) -> int:
     from simulator.lab.access import SIP_MTLS_PORT, SIP_TLS_PORT, access_edge_address, user_accounts
-    from simulator.lab.metrics import Sources, lab_sources
+    from simulator.lab.metrics import Sources
     from simulator.lab.topology import Lab
-    from simulator.net.edge.access_edge import AccessEdge
-    from simulator.net.transport.listener import TlsListener
     from simulator.spec.loader import load_scenario
 
     scenario = load_scenario(args.scenario or default_scenario())
@@ -184,37 +181,27 @@ async def _serve_access_edge(args: argparse.Namespace) -> int:
         print(f"edgesim: no node {node!r} in {scenario.name}", file=sys.stderr)
         return 2
     lab: Lab | None = None
-    workers: AccessEdgeWorkers | None = None
     prefix = f"{scenario.lab.loopback_prefix}.0.0/16"  # every lab host lives there (simulator.lab.addressing)
 
     def sources() -> Sources:
-        if lab is None:
-            return Sources()
-        found = lab_sources(lab)
-        if workers is not None and workers.running:
-            merged, listeners = workers.views()
-            found.access_edges.append((node, cast(AccessEdge, merged)))  # duck-typed: proxy and refused
-            found.tls_listeners.extend((node, name, cast(TlsListener, view)) for name, view in listeners)
-        return found
+        return Sources() if lab is None else lab_worker_sources(lab)
 
-    collectors = [] if args.workers <= 1 else [_WorkerCollector(node, lambda: workers)]
+    # --workers N (N > 1): the node's Access Edge listeners on N processes from the start (Lab's hook); the other
+    # nodes, the Director, MRAS 5062 and the rest of the lab stay in this process.
+    access_workers = {node: args.workers} if args.workers > 1 else None
+    collectors = [] if access_workers is None else [AccessWorkerCollector(lambda: lab)]
     try:
         async with observed(args, "access-edge", sources, prefix, collectors=collectors):
             try:
-                lab = Lab(scenario)
-                await lab.start()  # stops what it started when it fails
+                lab = Lab(scenario, access_workers=access_workers)
+                await lab.start()  # stops what it started when it fails (a worker that cannot listen too)
             except OSError as error:
                 lab = None
                 raise EnvironmentProblem(str(error)) from None
-            if args.workers > 1:
-                try:
-                    workers = await _access_edge_workers(lab, node, args.workers)
-                except OSError as error:  # the lab stops below
-                    raise EnvironmentProblem(str(error)) from None
             if args.pki_out:
                 lab.pki.write(args.pki_out)
             address = access_edge_address(lab, node)
-            if workers is not None:
+            if access_workers is not None:
                 print(f"access-edge workers {args.workers}", flush=True)
             print(f"access-edge ready tls={address}:{lab.port_map(SIP_TLS_PORT)} "
                   f"mtls={address}:{lab.port_map(SIP_MTLS_PORT)}", flush=True)
@@ -222,8 +209,8 @@ async def _serve_access_edge(args: argparse.Namespace) -> int:
                 print(f"user {account.aor} password {account.password} from {account.host}", flush=True)
             await wait_for_stop(args.duration)
             # leaving ``observed`` prints the summary while the lab still runs; the lab stops below
-        if workers is not None:
-            print(f"access-edge {workers.describe()}", flush=True)
+        for line in worker_lines(lab, "access-edge"):
+            print(line, flush=True)
     except EnvironmentProblem as error:
         return _environment_error("access-edge", error)
     finally:
@@ -232,55 +219,63 @@ async def _serve_access_edge(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _access_edge_workers(lab: Lab, node: str, count: int) -> AccessEdgeWorkers:
-    """Move ``node``'s Access Edge listeners from this process to ``count`` worker processes.
-
-    The lab started them here (single-process, no SO_REUSEPORT: holding the ports proves no other process
-    shares them); they are stopped and the workers bind the same ports with SO_REUSEPORT. The workers become the
-    node's ``access-edge-workers`` service, so stopping the lab stops them. OSError if one cannot listen.
-    """
-    from simulator.lab.names import DNS_PORT
+def lab_worker_sources(lab: Lab) -> Sources:
+    """A running lab's metrics sources (:func:`~simulator.lab.metrics.lab_sources`, which already reads the A/V
+    Edges in workers) plus the Access Edges in workers: their SIP counters summed per node, their TLS listeners
+    per worker (``sip-443#w0`` …)."""
+    from simulator.lab.access import access_edge_workers
+    from simulator.lab.metrics import lab_sources
     from simulator.net.edge.access_edge import AccessEdge
-    from simulator.net.edge.ae_workers import LISTENERS, AccessEdgeWorkers
+    from simulator.net.transport.listener import TlsListener
 
-    files = lab.files
-    assert files is not None
-    services = lab.nodes[node].services
-    edge = services["access-edge"]
-    assert isinstance(edge, AccessEdge)
-    workers = AccessEdgeWorkers.plan(
-        count, config=edge.config, ca=files.ca, crl=files.crl, external_cert=files.cert("edge-external"),
-        internal_cert=files.cert("edge-internal"), next_hop=edge.next_hop,
-        dns=(lab.plan.host("dns").address, lab.port_map(DNS_PORT)), port_map=lab.port_map,
-        internal_peers=lab.internal_peer_names, seed=f"{lab.scenario.seed}:access:{node}")
-    for name in (*LISTENERS, "access-edge"):
-        await services.pop(name).stop()
-    services["access-edge-workers"] = workers
-    await workers.start()
-    return workers
+    found = lab_sources(lab)
+    for node, workers in access_edge_workers(lab):
+        merged, listeners = workers.views()
+        found.access_edges.append((node, cast(AccessEdge, merged)))  # duck-typed: proxy and refused
+        found.tls_listeners.extend((node, name, cast(TlsListener, view)) for name, view in listeners)
+    return found
 
 
-class _WorkerCollector:
-    """Per-worker figures of ``serve access-edge --workers N``: flows held and requests handed over."""
+def worker_lines(lab: Lab | None, prefix: str) -> list[str]:
+    """The per-worker summary lines of a lab's Access Edge workers (``<prefix> workers w0(tls443=..) ..``), one
+    per node, and of its A/V Edge workers (``<prefix> av-external workers w0(...) ..``)."""
+    if lab is None:
+        return []
+    from simulator.lab.access import access_edge_workers
+    from simulator.net.edge.workers import AvEdgeWorkers
 
-    def __init__(self, node: str, workers: Callable[[], AccessEdgeWorkers | None]) -> None:
-        self._node = node
-        self._workers = workers
+    access = access_edge_workers(lab)
+    lines = [f"{prefix} {workers.describe()}" if len(access) == 1 else f"{prefix} {node} {workers.describe()}"
+             for node, workers in access]
+    for node_name, node in lab.nodes.items():
+        for name, service in node.services.items():
+            if isinstance(service, AvEdgeWorkers) and service.running:
+                lines.append(f"{prefix} {node_name} {name} {service.pool.describe()}")
+    return lines
+
+
+class AccessWorkerCollector:
+    """Per-worker figures of the Access Edges in workers: flows held and requests handed over."""
+
+    def __init__(self, lab: Callable[[], Lab | None]) -> None:
+        self._lab = lab
 
     def collect(self) -> Iterable[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from simulator.lab.access import access_edge_workers
 
         flows = GaugeMetricFamily("edgesim_sip_worker_flows", "remote users' and partners' connections a worker "
                                   "holds now", labels=["node", "worker"])
         handovers = CounterMetricFamily("edgesim_sip_worker_handovers", "requests from inside passed between "
                                         "workers to the one holding their flow: out (passed on) and in (sent down "
                                         "a flow here)", labels=["node", "worker", "direction"])
-        workers = self._workers()
-        if workers is not None and workers.running:
+        lab = self._lab()
+        for node, workers in [] if lab is None else access_edge_workers(lab):
             for index, snap in enumerate(workers.snapshots()):
-                flows.add_metric([self._node, f"w{index}"], snap.flows)
-                handovers.add_metric([self._node, f"w{index}", "out"], snap.handed_out)
-                handovers.add_metric([self._node, f"w{index}", "in"], snap.handed_in)
+                flows.add_metric([node, f"w{index}"], snap.flows)
+                handovers.add_metric([node, f"w{index}", "out"], snap.handed_out)
+                handovers.add_metric([node, f"w{index}", "in"], snap.handed_in)
         yield from (flows, handovers)
 
 
@@ -319,14 +314,15 @@ def add_serve_av_edge(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument("--max-allocations", type=int, help="total allocation quota (486 beyond)")
     p.add_argument("--user-quota", type=int, help="allocations per username (486 beyond)")
     p.add_argument("--seed", type=int, help="seed for nonces, ports and connection IDs (default: random)")
-    p.add_argument("--workers", type=_workers, default=1, metavar="N",
+    p.add_argument("--workers", type=worker_count, default=1, metavar="N",
                    help="serve with N processes sharing the listening ports (SO_REUSEPORT), each with its own "
                    "slice of the relay range; 'auto': one per core (default 1: one process)")
     add_observability(p, tls=False)
     p.set_defaults(handler=_cmd_serve_av_edge)
 
 
-def _workers(text: str) -> int:
+def worker_count(text: str) -> int:
+    """`--workers N|auto`: a count of 1 or more, or one per core (argparse type; one-line error otherwise)."""
     from simulator.net.edge.workers import parse_workers
 
     try:

@@ -2,6 +2,9 @@
 
 * :func:`access_edge_services` (per node): the Access Edge (external TLS 443, external MTLS 5061, internal
   MTLS 5061) and the A/V Authentication service on internal 5062 writing to ``lab.credentials``;
+  With ``Lab(scenario, access_workers=N)`` the node's three listeners are served by N worker processes
+  (:class:`~simulator.net.edge.ae_workers.AccessEdgeWorkers`, service ``access-edge-workers``) from the start;
+  MRAS stays in this process;
 * :func:`sip_lab_services` (lab-wide): one :class:`~simulator.net.frontend.FrontEndServer` per Front End
   and Director of the scenario (the Director is the Edges' next hop when there is one), one
   :class:`~simulator.net.sip_partner.PartnerEdgeServer` per federated and PIC partner;
@@ -36,6 +39,7 @@ from simulator.net.clients.sip_client import (
     require_success,
 )
 from simulator.net.edge.access_edge import AccessEdge, AccessEdgeConfig, EdgeContexts
+from simulator.net.edge.ae_workers import AccessEdgeWorkers
 from simulator.net.edge.av_edge import loop_unix_time
 from simulator.net.edge.mras import MrasConfig, MrasService
 from simulator.net.peers.frontend import FrontEndConfig, FrontEndServer
@@ -104,7 +108,20 @@ def access_edge_address(lab: Lab, node: str) -> str:
     return lab.public_address(node, "access")
 
 
+def access_workers_problem(scenario: Scenario, workers: int | dict[str, int]) -> str | None:
+    """Why ``Lab(scenario, access_workers=workers)`` cannot run (None: it can)."""
+    counts = workers if isinstance(workers, dict) else {"": workers}
+    names = {node.name for node in scenario.edge_pool.nodes}
+    for node, count in counts.items():
+        if node and node not in names:
+            return f"no pool node {node!r} in {scenario.name} (nodes: {', '.join(sorted(names))})"
+        if count < 1:
+            return f"want 1 or more Access Edge worker processes, not {count}"
+    return None
+
+
 def access_edge_services(lab: Lab, node: NodeSpec) -> dict[str, Service]:
+    """The node's Access Edge (in this process, or on ``lab.access_workers_for(node)`` workers) and its MRAS."""
     files = lab.files
     assert files is not None
     pool = lab.scenario.edge_pool
@@ -115,6 +132,23 @@ def access_edge_services(lab: Lab, node: NodeSpec) -> dict[str, Service]:
         internal_fqdn=_node_fqdn(lab, node), external_host=external, internal_host=internal,
         tls_port=lab.port_map(SIP_TLS_PORT), federation_port=lab.port_map(SIP_MTLS_PORT),
         internal_port=lab.port_map(SIP_MTLS_PORT), mras_port=lab.port_map(MRAS_PORT))
+    relays = (mras.MediaRelay(mras.MrasLocation.INTRANET, pool.internal_fqdn),
+              mras.MediaRelay(mras.MrasLocation.INTERNET, pool.av_fqdn))
+    # Credentials expire on the clock the pool's A/V Edges check them with: the loop's, in Unix seconds.
+    mras_service = MrasService(MrasConfig(node.name, relays), internal, lab.port_map(MRAS_PORT),
+                               lab.internal_server_context(), lab.internal_peer_names, lab.credentials,
+                               random.Random(f"{lab.scenario.seed}:mras:{node.name}"), clock=loop_unix_time,
+                               secret=lab.av_secret)  # A/V Edges in workers: HMAC credentials
+    workers = lab.access_workers_for(node.name)
+    if workers is not None:
+        # The workers bind the three listeners themselves (SO_REUSEPORT): nothing here binds them first.
+        pool_of_workers = AccessEdgeWorkers.plan(
+            workers, config=config, ca=files.ca, crl=files.crl, external_cert=files.cert("edge-external"),
+            internal_cert=files.cert("edge-internal"), next_hop=_internal_server(lab),
+            dns=(lab.plan.host("dns").address, lab.port_map(DNS_PORT)), port_map=lab.port_map,
+            internal_peers=lab.internal_peer_names, seed=f"{lab.scenario.seed}:access:{node.name}",
+            record_arrivals=lab.arrival_log is not None)  # a serving side of firewall lab mode
+        return {"access-edge-workers": pool_of_workers, "mras": mras_service}
     contexts = EdgeContexts(
         client_tls=lab.external_server_context(False),
         federation_server=lab.external_server_context(True),
@@ -124,14 +158,13 @@ def access_edge_services(lab: Lab, node: NodeSpec) -> dict[str, Service]:
     resolver = StubResolver(lab.plan.host("dns").address, lab.port_map(DNS_PORT), timeout=3.0, source=external)
     rng = random.Random(f"{lab.scenario.seed}:access:{node.name}")
     edge = AccessEdge(config, contexts, _internal_server(lab), resolver, lab.port_map, rng, lab.internal_peer_names)
-    relays = (mras.MediaRelay(mras.MrasLocation.INTRANET, pool.internal_fqdn),
-              mras.MediaRelay(mras.MrasLocation.INTERNET, pool.av_fqdn))
-    # Credentials expire on the clock the pool's A/V Edges check them with: the loop's, in Unix seconds.
-    mras_service = MrasService(MrasConfig(node.name, relays), internal, lab.port_map(MRAS_PORT),
-                               lab.internal_server_context(), lab.internal_peer_names, lab.credentials,
-                               random.Random(f"{lab.scenario.seed}:mras:{node.name}"), clock=loop_unix_time,
-                               secret=lab.av_secret)  # A/V Edges in workers: HMAC credentials
     return {"access-edge": edge, **edge.listeners, "mras": mras_service}
+
+
+def access_edge_workers(lab: Lab) -> list[tuple[str, AccessEdgeWorkers]]:
+    """(node, its Access Edge workers) of every running node whose Access Edge is on worker processes."""
+    return [(name, service) for name, node in lab.nodes.items() for service in node.services.values()
+            if isinstance(service, AccessEdgeWorkers) and service.running]
 
 
 def sip_lab_services(lab: Lab) -> dict[str, Service]:
@@ -211,10 +244,11 @@ async def request_mras_credentials(lab: Lab, node: str, *, index: int = 0, timeo
 
 
 async def frontend_mras_credentials(lab: Lab, node: str, rng: random.Random, *, timeout: float = 5.0,
-                                    location: mras.MrasLocation = mras.MrasLocation.INTRANET
-                                    ) -> tuple[str, mras.MrasResponse]:
+                                    location: mras.MrasLocation = mras.MrasLocation.INTRANET,
+                                    identity: str | None = None) -> tuple[str, mras.MrasResponse]:
     """A/V credentials the way the Front End gets them for an internal user (research §1.3): SERVICE from the
-    Front End's address over mutual TLS straight to ``node``'s MRAS on the internal interface (5062).
+    Front End's address over mutual TLS straight to ``node``'s MRAS on the internal interface (5062), on behalf
+    of ``identity`` (the internal user's AOR; default: the first remote user's, as the probes ask).
 
     Returns (where it was asked, the checked answer); raises ProbeFailure otherwise.
     """
@@ -227,7 +261,8 @@ async def frontend_mras_credentials(lab: Lab, node: str, rng: random.Random, *, 
     tls_name = spec.internal_fqdn or lab.scenario.edge_pool.internal_fqdn
     port = lab.port_map(MRAS_PORT)
     accounts = user_accounts(lab)
-    identity = accounts[0].aor if accounts else f"sip:probe@{lab.scenario.domain}"
+    if identity is None:
+        identity = accounts[0].aor if accounts else f"sip:probe@{lab.scenario.domain}"
     mras_uri = f"sip:{frontend.fqdn}@{lab.scenario.domain};gruu;opaque=srvr:MRAS:probe"
     response = await one_request(address, port, lab.peer_client_context(frontend), tls_name, timeout, rng,
                                  "SERVICE", mras_uri, f"<{identity}>", f"<{mras_uri}>",

@@ -85,16 +85,24 @@ class Lab:
 
     def __init__(self, scenario: Scenario, pki: LabPki | None = None, port_map: PortMap | None = None, *,
                  placement: Placement | None = None, pki_files: PkiFiles | None = None,
-                 av_workers: int | None = None) -> None:
+                 av_workers: int | None = None, access_workers: int | dict[str, int] | None = None) -> None:
         """``pki`` with ``pki_files``: a PKI already on disk (``edgesim certs``), shared by every host.
 
         ``av_workers``: run each node's A/V Edge interfaces on that many worker processes each (``edgesim run
         --av-workers N``, :mod:`simulator.lab.av`); MRAS then issues HMAC credentials of ``av_secret``.
         ValueError when the count does not fit the scenario (see :func:`~simulator.lab.av.av_workers_problem`).
+
+        ``access_workers``: serve each node's Access Edge listeners (TLS 443, MTLS 5061 external and internal) with
+        that many worker processes sharing the ports (SO_REUSEPORT; ``serve access-edge|edge --workers N``), or
+        ``{node: count}`` for some nodes only; MRAS stays in this process (:func:`~simulator.lab.access.
+        access_edge_services`). ValueError for a count below 1 or a node the scenario does not have.
         """
         problem = None if av_workers is None else av.av_workers_problem(scenario, av_workers)
+        if problem is None and access_workers is not None:
+            problem = access.access_workers_problem(scenario, access_workers)
         if problem is not None:
             raise ValueError(problem)
+        self.access_workers = access_workers
         self.av_workers = av_workers
         self.av_secret = None if av_workers is None else secrets.token_hex(20)
         self.scenario = scenario
@@ -174,6 +182,12 @@ class Lab:
         """A node's external private addresses: behind the 1:1 NAT, never to appear on the wire."""
         kinds = (HostKind.EDGE_ACCESS_PRIVATE, HostKind.EDGE_WEBCONF_PRIVATE, HostKind.EDGE_AV_PRIVATE)
         return frozenset(self.plan.one(node, kind).address for kind in kinds)
+
+    def access_workers_for(self, node: str) -> int | None:
+        """How many worker processes serve ``node``'s Access Edge listeners (None: this process does)."""
+        if isinstance(self.access_workers, dict):
+            return self.access_workers.get(node)
+        return self.access_workers
 
     def node_spec(self, name: str) -> NodeSpec:
         return next(node for node in self.scenario.edge_pool.nodes if node.name == name)

@@ -42,12 +42,12 @@ class Served:
             if self.process.poll() is not None:
                 break
             time.sleep(0.05)
-        self.stop()
-        raise AssertionError(f"no line matching {pattern!r}; stdout: {self.lines}; stderr: {self.stderr}")
+        code, stderr = self.stop()
+        raise AssertionError(f"no line matching {pattern!r} (exit {code}); stdout: {self.lines}; stderr: {stderr}")
 
     @property
     def stderr(self) -> str:
-        if self.process.poll() is None or self.process.stderr is None:
+        if self.process.poll() is None or self.process.stderr is None or self.process.stderr.closed:
             return ""
         return self.process.stderr.read()
 
@@ -63,7 +63,8 @@ class Served:
                 self.process.wait(5)
                 raise AssertionError(f"serve did not stop within {timeout} s: {self.lines}") from None
         self._reader.join(5)
-        stderr = self.process.stderr.read() if self.process.stderr is not None else ""
+        err = self.process.stderr
+        stderr = err.read() if err is not None and not err.closed else ""
         for stream in (self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simulator.net.edge.access_edge import AccessEdge, AccessEdgeConfig, EdgeContexts
+from simulator.net.transport.arrivals import ArrivalLog, start_recording
 from simulator.net.transport.listener import AsyncioStream
 from simulator.net.transport.resolver import StubResolver
 from simulator.net.transport.sip_connection import SipConnection, SipTlsListener
@@ -198,6 +199,7 @@ class AccessWorkerSpec:
     port_map: Callable[[int], int]
     internal_peers: frozenset[str]
     seed: str
+    record_arrivals: bool = False  # firewall lab mode: what reached the listeners (``serve edge --observations``)
 
 
 @dataclass
@@ -251,6 +253,9 @@ def _edge(spec: AccessWorkerSpec) -> AccessEdge:
 
 
 async def _worker_main(spec: AccessWorkerSpec, conn: Connection) -> int:
+    arrivals = ArrivalLog() if spec.record_arrivals else None
+    if arrivals is not None:
+        start_recording(arrivals)  # before the listeners start: they read the recorder then
     edge = _edge(spec)
     links = WorkerLinks(spec.index, spec.token, edge)
     edge.peer_link = links.get
@@ -280,6 +285,8 @@ async def _worker_main(spec: AccessWorkerSpec, conn: Connection) -> int:
                 what = conn.recv()
                 if what == "metrics":
                     conn.send(("metrics", _snapshot(edge, links)))
+                elif what == "arrivals":
+                    conn.send(("arrivals", [] if arrivals is None else list(arrivals.entries)))
                 elif what == "stop":
                     stop.set()
                     return
@@ -344,12 +351,13 @@ class AccessEdgeWorkers:
     @classmethod
     def plan(cls, count: int, *, config: AccessEdgeConfig, ca: Path, crl: Path, external_cert: tuple[Path, Path],
              internal_cert: tuple[Path, Path], next_hop: NextHop, dns: tuple[str, int],
-             port_map: Callable[[int], int], internal_peers: frozenset[str], seed: str) -> AccessEdgeWorkers:
+             port_map: Callable[[int], int], internal_peers: frozenset[str], seed: str,
+             record_arrivals: bool = False) -> AccessEdgeWorkers:
         if count < 1:
             raise ValueError(f"bad worker count {count}")
         token = f"{os.getpid()}-{secrets.token_hex(6)}"  # never from the seed: two pools must not share sockets
         specs = [AccessWorkerSpec(index, count, token, config, ca, crl, external_cert, internal_cert, next_hop, dns,
-                                  port_map, internal_peers, seed) for index in range(count)]
+                                  port_map, internal_peers, seed, record_arrivals) for index in range(count)]
         return cls(config.node, specs)
 
     @property
@@ -401,6 +409,22 @@ class AccessEdgeWorkers:
         if len(out) == len(self.conns):
             self.last = out
         return out
+
+    def arrivals(self) -> list[dict[str, Any]]:
+        """What reached every worker's listeners so far (``record_arrivals``; empty otherwise), in time order."""
+        out: list[dict[str, Any]] = []
+        if not self._running:
+            return out
+        for conn in self.conns:
+            with contextlib.suppress(OSError, EOFError):
+                conn.send("arrivals")
+                deadline = REPLY_TIMEOUT
+                while conn.poll(deadline):
+                    reply = conn.recv()
+                    if reply[0] == "arrivals":
+                        out.extend(reply[1])
+                        break
+        return sorted(out, key=lambda entry: entry["at"])
 
     def views(self) -> tuple[MergedAccessEdge, list[tuple[str, ListenerView]]]:
         """The SIP counters summed over the workers, and each worker's listeners (``sip-443#w0`` …)."""
