@@ -2,9 +2,23 @@
 
 For each call (placed at the phase's ``rate`` until ``calls.count``, round-robin over the ``pairs``):
 
-* the caller and the callee are remote users of their populations, each behind its population's NAT box;
-  each signs in through the Access Edge the lab DNS and its population's resolver policy picked, and gets
-  A/V credentials from MRAS over that connection (provisioning, SERVICE), as a Lync client does;
+* the caller is a remote user of its population, behind its population's NAT box; it signs in through the
+  Access Edge the lab DNS and its population's resolver policy picked, and gets A/V credentials from MRAS over
+  that connection (provisioning, SERVICE), as a Lync client does. The callee depends on the call's kind:
+
+  - ``remote-remote``: another remote user, set up the same way;
+  - ``remote-internal``: a user of an ``internal-user`` population, at its intranet address (no NAT). It resolves
+    the pool's internal name, gets A/V credentials the way its Front End does (MRAS over mutual TLS on the
+    node's internal interface, location INTRANET) and allocates its relay on that node's *internal* A/V Edge
+    interface (the relay address is the public A/V one). Its SIP side is the Director (or the Front End when
+    there is none): ``internal_users`` + ``on_invite`` answer for it. An :class:`IntranetGate` stands for the
+    perimeter: its sockets exchange datagrams only with intranet addresses (the nodes' internal interfaces, the
+    Front End, the Director, internal users), so the Internet never reaches its host candidates — on a
+    loopback lab nothing else would stop it;
+  - ``remote-federated``: a user of a ``federated-partner`` population, at the partner's address (the "Any" side
+    of E11/E13), answered by the partner's Edge (``PartnerEdgeServer.on_invite``). Host candidates only: the
+    partner's own A/V Edge (its STUN/TURN) is outside the lab, and a user on a public address needs none of
+    ours, so it offers what it really has — its address;
 * each resolves the pool's A/V name through the lab DNS and takes the first address its policy offers; the
   401 of the Allocate pins it to that node (ALTERNATE-SERVER, handled by the MS-TURN client);
 * both run an :class:`~simulator.net.clients.ice.IceSession` (host, server-reflexive, relay candidates);
@@ -12,7 +26,7 @@ For each call (placed at the phase's ``rate`` until ``calls.count``, round-robin
   Access Edges, ``simulator.net.clients.call``) or an in-process hand-over (unit tests);
 * after ICE both sides send the media profile for ``call_duration`` seconds (RTP + RTCP).
 
-Recorded per call: ICE outcome as QoE names it (DIRECT / RELAY / FAILED + warning flags), the selected pair,
+Recorded per call: its kind, ICE outcome as QoE names it (DIRECT / RELAY / FAILED + warning flags), the selected pair,
 time to connected, checks sent, which pool node relayed each leg, the media figures each way under the
 Network Assessment Tool's names. Aggregated: a caller-NAT × callee-NAT matrix, the node spread of relayed
 legs and the relayed throughput per node.
@@ -28,14 +42,15 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from hdrh.histogram import HdrHistogram
 
 from simulator.core.dns_policy import make_resolver_policy
 from simulator.core.impairment import Impairment, PathImpairment
 from simulator.core.media import MediaProfile, MediaSession, MediaStats, audio_profile, video_profile
-from simulator.lab.access import SIP_TLS_PORT, Account, tls_opener, user_accounts
+from simulator.lab.access import SIP_TLS_PORT, Account, frontend_mras_credentials, tls_opener, user_accounts
+from simulator.lab.addressing import HostKind
 from simulator.lab.av import TURN_UDP_PORT
 from simulator.lab.clients import nat_for
 from simulator.lab.names import DNS_PORT
@@ -43,10 +58,13 @@ from simulator.lab.topology import Lab
 from simulator.net.clients.ice import IceFailed, IceOutcome, IceSession
 from simulator.net.clients.media import MediaRunner, ntp_offset
 from simulator.net.clients.sip_client import RemoteUser, SipClient
+from simulator.net.nat.natbox import NatBox
+from simulator.net.peers.frontend import FrontEndServer
+from simulator.net.peers.sip_partner import PartnerEdgeServer
 from simulator.net.transport.resolver import ResolverError, StubResolver
 from simulator.net.transport.tls import client_context
 from simulator.outcome import ProbeFailure, Reason
-from simulator.spec.schema import CallsSpec, ClientNat, LoadPhase, MediaSpec, Scenario
+from simulator.spec.schema import CallKind, CallsSpec, ClientNat, ClientRole, LoadPhase, MediaSpec, Scenario
 from simulator.wire import mras
 from simulator.wire.stun import Address
 
@@ -86,6 +104,7 @@ class CallRecord:
     caller_nat: str
     callee_nat: str
     signalling: str
+    kind: str = "remote-remote"
     ice: str = "FAILED"
     warning_flags: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -97,6 +116,9 @@ class CallRecord:
     checks_sent: int = 0
     relay_nodes: dict[str, str | None] = field(default_factory=lambda: {"caller": None, "callee": None})
     relayed_legs: list[str] = field(default_factory=list)  # "caller"/"callee": whose selected local is a relay
+    # the A/V Edge interface each relayed leg allocated on: "external" (remote users) or "internal" (internal users)
+    relay_interfaces: dict[str, str | None] = field(default_factory=lambda: {"caller": None, "callee": None})
+    ice_by_side: dict[str, str] = field(default_factory=dict)  # each side's own QoE Ice (its local candidate)
     media: dict[str, dict[str, float | int | None]] = field(default_factory=dict)  # "caller"/"callee" → columns
     error: str | None = None
     phase: str = ""
@@ -123,14 +145,16 @@ class CallRecord:
         return {"call": self.call, "caller": self.caller, "callee": self.callee,
                 "caller_population": self.caller_population, "callee_population": self.callee_population,
                 "caller_nat": self.caller_nat, "callee_nat": self.callee_nat, "signalling": self.signalling,
-                "ice": self.ice, "warning_flags": self.warning_flags, "warnings": self.warnings,
+                "kind": self.kind, "ice": self.ice, "ice_by_side": self.ice_by_side,
+                "warning_flags": self.warning_flags, "warnings": self.warnings,
                 "selected_pair": {"local_type": self.local_type, "local_transport": self.local_transport,
                                   "remote_type": self.remote_type, "remote_transport": self.remote_transport},
                 "pair_type": self.pair_type,
                 "time_to_connected_ms": None if self.time_to_connected_ms is None
                 else round(self.time_to_connected_ms, 3),
                 "checks_sent": self.checks_sent, "relay_nodes": self.relay_nodes, "relayed_legs": self.relayed_legs,
-                "media": self.media, "error": self.error, "phase": self.phase, "ended": self.ended,
+                "relay_interfaces": self.relay_interfaces, "media": self.media,
+                "error": self.error, "phase": self.phase, "ended": self.ended,
                 "ended_after_s": None if self.ended_after_s is None else round(self.ended_after_s, 3),
                 "ended_reason": self.ended_reason, "ended_nodes": self.ended_nodes}
 
@@ -205,6 +229,7 @@ class CallsReport:
             "notes": list(self.notes),
             "elapsed_s": round(self.elapsed_s, 3),
             "outcomes": dict(Counter(r.ice for r in self.records)),
+            "kinds": dict(Counter(r.kind for r in self.records)),
             "connected": sum(r.ice != "FAILED" for r in self.records),
             "matrix": self.matrix(),
             "ttc": _ttc([r.time_to_connected_ms for r in self.records if r.time_to_connected_ms is not None]),
@@ -224,19 +249,91 @@ class CallsReport:
 # ----------------------------------------------------------------------------------------- parties and signalling
 
 
+class _GatedEndpoint(asyncio.DatagramProtocol):
+    """One UDP socket at an intranet address that only talks with intranet addresses (see IntranetGate)."""
+
+    def __init__(self, gate: IntranetGate, on_datagram: Callable[[bytes, tuple[str, int]], None] | None) -> None:
+        self.gate = gate
+        self.on_datagram = on_datagram
+        self.transport: asyncio.DatagramTransport | None = None
+        self.internal_address = Address("0.0.0.0", 0)
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        name = self.transport.get_extra_info("sockname")
+        self.internal_address = Address(name[0], name[1])
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if addr[0] not in self.gate.allowed:
+            self.gate.dropped_inbound += 1
+        elif self.on_datagram is not None and not self.closed:
+            self.on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+    def sendto(self, data: bytes, dst: tuple[str, int]) -> None:
+        if self.closed or self.transport is None:
+            return
+        if dst[0] not in self.gate.allowed:
+            self.gate.dropped_outbound += 1
+            return
+        self.transport.sendto(data, (dst[0], dst[1]))
+
+    def mapped_address(self, remote: tuple[str, int]) -> Address:
+        return self.internal_address  # no translation: the intranet is routed to the Edge's internal interface
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class IntranetGate:
+    """The perimeter around an internal user, for a loopback lab where every address reaches every other.
+
+    Its endpoints are real sockets at the user's intranet address (so its host candidates are that address and
+    the internal A/V Edge sees it as it is: no NAT), but they send to and accept from ``allowed`` addresses only
+    — the intranet: the nodes' internal interfaces, the Front End, the Director, internal users. What an
+    Internet host sends to an intranet address, or an intranet host to an Internet one, is dropped and counted,
+    as the perimeter firewalls of a Lync Edge deployment do (research-lync-edge §1: internal clients reach the
+    Internet's media through the Edge's internal interface only). It has the shape of the NAT box an
+    :class:`~simulator.net.clients.ice.IceSession` takes (``open_udp`` → ``sendto``/``close``/``mapped_address``).
+    """
+
+    def __init__(self, allowed: frozenset[str]) -> None:
+        self.allowed = allowed
+        self.dropped_inbound = 0
+        self.dropped_outbound = 0
+
+    async def open_udp(self, internal_address: tuple[str, int],
+                       on_datagram: Callable[[bytes, tuple[str, int]], None] | None = None,
+                       **_options: Any) -> _GatedEndpoint:
+        endpoint = _GatedEndpoint(self, on_datagram)
+        await asyncio.get_running_loop().create_datagram_endpoint(lambda: endpoint, local_addr=internal_address)
+        return endpoint
+
+
 @dataclass
 class Party:
-    """One signed-in remote user, ready to call or be called."""
+    """One user ready to call or be called: a signed-in remote user (``client``/``user`` set), an internal user
+    (answered by ``answered_by``, the Director or Front End) or a federated partner's user (``answered_by``,
+    the partner's Edge)."""
 
     account: Account
     population: str
     nat_label: str
-    user: RemoteUser
-    client: SipClient
+    user: RemoteUser | None
+    client: SipClient | None
     username: str
     password: str
-    turn_server: Address
+    turn_server: Address | None
     rng: random.Random
+    where: str = "remote"  # remote | internal | federated
+    interface: str | None = "external"  # the A/V Edge interface its relay is allocated on (None: no relay)
+    answered_by: FrontEndServer | PartnerEdgeServer | None = None
+    gate: IntranetGate | None = None
 
 
 Answerer = Callable[[str], Awaitable[str]]
@@ -298,27 +395,44 @@ class SipSignalling:
         self._last: dict[tuple[str, str], str] = {}
         self._hooked: set[str] = set()
 
+    async def _answer(self, key: tuple[str, str], request_sdp: str) -> str:
+        waiting = self._pending.get(key)
+        if not waiting:  # a re-INVITE: same answer as before
+            return self._last.get(key, "")
+        answer = await waiting.pop(0)(request_sdp)
+        self._last[key] = answer
+        return answer
+
     def _hook(self, callee: Party) -> None:
+        server = callee.answered_by
+        if server is not None:  # the Director / Front End (internal users) or the partner's Edge answers
+            if isinstance(server, FrontEndServer):
+                server.internal_users.add(callee.account.aor)
+            if f"server:{id(server)}" in self._hooked:
+                return
+            self._hooked.add(f"server:{id(server)}")
+
+            async def on_server_invite(request_sdp: str, caller_uri: str, callee_uri: str) -> str:
+                return await self._answer((_bare(callee_uri), _bare(caller_uri)), request_sdp)
+
+            server.on_invite = on_server_invite
+            return
         if callee.account.user in self._hooked:
             return
         self._hooked.add(callee.account.user)
         aor = callee.account.aor
 
         async def on_invite(request_sdp: str, caller_uri: str) -> str:
-            key = (aor, _bare(caller_uri))
-            waiting = self._pending.get(key)
-            if not waiting:  # a re-INVITE: same answer as before
-                return self._last.get(key, "")
-            answer = await waiting.pop(0)(request_sdp)
-            self._last[key] = answer
-            return answer
+            return await self._answer((aor, _bare(caller_uri)), request_sdp)
 
+        assert callee.client is not None
         callee.client.on_invite = on_invite
 
     async def invite(self, caller: Party, callee: Party, offer: str, answer: Answerer,
                      timeout: float) -> tuple[str, Dialog]:
         self._hook(callee)
         self._pending.setdefault((callee.account.aor, caller.account.aor), []).append(answer)
+        assert caller.client is not None
         call = await self.module.SipCall.invite(caller.client, callee_uri=callee.account.aor, offer_sdp=offer,
                                                 timeout=timeout, caller_uri=caller.account.aor)
         return str(call.answer_sdp), _SipDialog(call)
@@ -358,7 +472,20 @@ class _Phase:
         self.accounts: dict[str, list[Account]] = {}
         for account in user_accounts(lab):
             self.accounts.setdefault(lab.plan.host(account.user).owner, []).append(account)
+        for client in lab.scenario.clients:  # internal users and partner users: accounts with no password
+            if client.role in (ClientRole.INTERNAL_USER, ClientRole.FEDERATED_PARTNER):
+                domain = lab.scenario.domain if client.role is ClientRole.INTERNAL_USER else str(
+                    client.domain or client.fqdn)
+                self.accounts[client.name] = [Account(host.name, domain, "", host.address)
+                                              for host in lab.plan.of(client.name, HostKind.CLIENT)]
         self.av_node = {lab.public_address(node.name, "av"): node.name for node in lab.scenario.edge_pool.nodes}
+        nodes = lab.scenario.edge_pool.nodes
+        self.internal_node = {lab.plan.one(node.name, HostKind.EDGE_INTERNAL).address: node.name for node in nodes}
+        intranet = set(self.internal_node)
+        for client in lab.scenario.clients:
+            if client.role in (ClientRole.FRONT_END, ClientRole.DIRECTOR, ClientRole.INTERNAL_USER):
+                intranet |= {host.address for host in lab.plan.of(client.name, HostKind.CLIENT)}
+        self.intranet = frozenset(intranet)
         self.profile = media_profile(spec.media)
         self._next_user: Counter[str] = Counter()
 
@@ -392,10 +519,60 @@ class _Phase:
             task = self.parties[account.user] = asyncio.ensure_future(self._sign_in(account))
         return await asyncio.shield(task)
 
+    def _internal_server(self) -> FrontEndServer:
+        """The internal users' SIP side: the Director when there is one (the Edges' next hop), else the Front End."""
+        for role in (ClientRole.DIRECTOR, ClientRole.FRONT_END):
+            for client in self.lab.scenario.clients_with_role(role):
+                server = self.lab.services.get(f"sip-{client.name}")
+                if isinstance(server, FrontEndServer):
+                    return server
+        raise ProbeFailure(Reason.NO_PEER, "no Director or Front End runs in this lab to answer for internal users")
+
+    async def _internal_party(self, account: Account, population: str) -> Party:
+        """An internal user: the pool's internal name through the lab DNS, A/V credentials the Front End's way
+        (MRAS on that node's internal interface, INTRANET), its relay on that node's internal A/V Edge."""
+        lab = self.lab
+        pool = lab.scenario.edge_pool
+        seed = f"{lab.scenario.seed}:calls:{account.user}"
+        policy = make_resolver_policy(str(self.clients[population].effective_dns_policy),
+                                      random.Random(seed + ":policy"))
+        resolver = StubResolver(lab.plan.host("dns").address, lab.port_map(DNS_PORT), timeout=self.timeout,
+                                source=account.host)
+        try:
+            internal = await resolver.resolve_a(pool.internal_fqdn)
+        except (ResolverError, OSError) as error:
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"DNS: {error}") from error
+        edge = policy.candidates(internal, time.monotonic())[0]
+        node = self.internal_node.get(edge)
+        if node is None:
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"{pool.internal_fqdn} gave {edge}, no node's internal address")
+        rng = random.Random(seed)
+        _, answer = await frontend_mras_credentials(lab, node, random.Random(rng.getrandbits(64)),
+                                                    timeout=self.timeout, location=mras.MrasLocation.INTRANET,
+                                                    identity=account.aor)
+        if answer.credentials is None:
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, "MRAS answered the Front End without credentials")
+        return Party(account, population, "intranet", None, None, answer.credentials.username,
+                     answer.credentials.password, Address(edge, lab.port_map(TURN_UDP_PORT)), rng,
+                     where="internal", interface="internal", answered_by=self._internal_server(),
+                     gate=IntranetGate(self.intranet))
+
+    def _federated_party(self, account: Account, population: str) -> Party:
+        server = self.lab.services.get(f"sip-{population}")
+        if not isinstance(server, PartnerEdgeServer):
+            raise ProbeFailure(Reason.NO_PEER, f"federated partner {population}: its Edge does not run in this lab")
+        rng = random.Random(f"{self.lab.scenario.seed}:calls:{account.user}")
+        return Party(account, population, "partner", None, None, "", "", None, rng, where="federated",
+                     interface=None, answered_by=server)
+
     async def _sign_in(self, account: Account) -> Party:
         lab = self.lab
         population = lab.plan.host(account.user).owner
         client_spec = self.clients[population]
+        if client_spec.role is ClientRole.INTERNAL_USER:
+            return await self._internal_party(account, population)
+        if client_spec.role is ClientRole.FEDERATED_PARTNER:
+            return self._federated_party(account, population)
         seed = f"{lab.scenario.seed}:calls:{account.user}"
         policy = make_resolver_policy(str(client_spec.effective_dns_policy), random.Random(seed + ":policy"))
         resolver = StubResolver(lab.plan.host("dns").address, lab.port_map(DNS_PORT), timeout=self.timeout,
@@ -426,9 +603,11 @@ class _Phase:
                      answer.credentials.password, Address(edge, lab.port_map(TURN_UDP_PORT)), rng)
 
     def _ice(self, party: Party, role: str, runner: MediaRunner) -> IceSession:
+        # An internal user's sockets go through its gate (same shape as a NAT box's endpoints, no translation).
+        nat = cast(NatBox, party.gate) if party.gate is not None else nat_for(self.lab, party.account.host)
         return IceSession(self.spec.ice, "controlling" if role == "caller" else "controlled",
                           random.Random(party.rng.getrandbits(64)), hosts=[party.account.host],
-                          nat=nat_for(self.lab, party.account.host), turn_server=party.turn_server,
+                          nat=nat, turn_server=party.turn_server,
                           turn_username=party.username, turn_password=party.password,
                           on_data=lambda data, _src: runner.datagram_received(data))
 
@@ -459,13 +638,20 @@ class _Phase:
 
         await asyncio.gather(*(one(account) for account in accounts))
 
+    def _nat_label(self, population: str) -> str:
+        role = self.clients[population].role
+        if role is ClientRole.INTERNAL_USER:
+            return "intranet"
+        if role is ClientRole.FEDERATED_PARTNER:
+            return "partner"
+        return nat_label(self.clients[population].nat)
+
     async def call(self, index: int, caller_population: str, callee_population: str,
-                   accounts: tuple[Account, Account] | None = None) -> None:
+                   accounts: tuple[Account, Account] | None = None, kind: CallKind = "remote-remote") -> None:
         caller_account, callee_account = accounts or self.plan(caller_population, callee_population)
         record = CallRecord(index, caller_account.user, callee_account.user, caller_population, callee_population,
-                            nat_label(self.clients[caller_population].nat),
-                            nat_label(self.clients[callee_population].nat), self.signalling.name,
-                            phase=self.phase.name)
+                            self._nat_label(caller_population), self._nat_label(callee_population),
+                            self.signalling.name, kind=kind, phase=self.phase.name)
         self.report.records.append(record)
         sessions: list[IceSession] = []
         try:
@@ -475,6 +661,7 @@ class _Phase:
                      "callee": MediaRunner(self._media(callee), lambda data: ice["callee"].send(data))}
             ice["caller"] = self._ice(caller, "caller", media["caller"])
             ice["callee"] = self._ice(callee, "callee", media["callee"])
+            parties = {"caller": caller, "callee": callee}
             sessions = list(ice.values())
             await ice["caller"].gather(self.timeout)
 
@@ -488,7 +675,7 @@ class _Phase:
             ice["caller"].set_remote(answer_sdp)
             results = await asyncio.gather(*(s.connect(self.spec.connect_timeout) for s in sessions),
                                            return_exceptions=True)
-            self._record_ice(record, ice)
+            self._record_ice(record, ice, parties)
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:
                 record.error = f"ICE: {failed[0]}"
@@ -533,9 +720,10 @@ class _Phase:
                     return
         record.ended, record.ended_after_s = COMPLETED, loop.time() - began
 
-    def _record_ice(self, record: CallRecord, ice: dict[str, IceSession]) -> None:
+    def _record_ice(self, record: CallRecord, ice: dict[str, IceSession], parties: dict[str, Party]) -> None:
         outcome: IceOutcome = ice["caller"].outcome()
         callee_outcome = ice["callee"].outcome()
+        record.ice_by_side = {"caller": outcome.ice, "callee": callee_outcome.ice}
         record.ice = outcome.ice if callee_outcome.ice != "FAILED" else "FAILED"
         record.warning_flags = outcome.warning_flags | callee_outcome.warning_flags
         record.warnings = [*outcome.warnings, *callee_outcome.warnings]
@@ -548,12 +736,15 @@ class _Phase:
             record.relay_nodes[role] = node
             if node is not None:
                 record.relayed_legs.append(role)
+                record.relay_interfaces[role] = parties[role].interface
 
     async def close(self) -> None:
         for task in self.parties.values():
             if task.done() and not task.cancelled() and task.exception() is None:
-                with contextlib.suppress(Exception):
-                    await task.result().client.close()
+                client = task.result().client
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        await client.close()
             else:
                 task.cancel()
         await asyncio.gather(*self.parties.values(), return_exceptions=True)
@@ -629,6 +820,7 @@ async def run_calls_phase(lab: Lab, phase: LoadPhase, report: CallsReport, timeo
     runner.apply_impairments()
     tasks: list[asyncio.Task[None]] = []
     pairs = [(pair.caller or phase.clients, pair.callee) for pair in spec.pairs]
+    kinds = [spec.kind_of(pair) for pair in spec.pairs]
     plans = [runner.plan(*pairs[index % len(pairs)]) for index in range(spec.count)]
     try:
         if spec.sign_in_first:
@@ -641,7 +833,7 @@ async def run_calls_phase(lab: Lab, phase: LoadPhase, report: CallsReport, timeo
             if loop.time() >= start + phase.duration:
                 break
             tasks.append(asyncio.create_task(runner.call(len(report.records), *pairs[index % len(pairs)],
-                                                         accounts=plans[index])))
+                                                         accounts=plans[index], kind=kinds[index % len(pairs)])))
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         for task in tasks:

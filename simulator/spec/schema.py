@@ -272,11 +272,19 @@ class MediaSpec(_Model):
     rtcp_interval: float = Field(5.0, gt=0, le=60)
 
 
+CallKind = Literal["remote-remote", "remote-internal", "remote-federated"]
+# The callee population's role each call kind needs (the caller is always a remote user, behind the Access Edge).
+CALLEE_ROLES: dict[str, ClientRole] = {"remote-remote": ClientRole.REMOTE_USER,
+                                       "remote-internal": ClientRole.INTERNAL_USER,
+                                       "remote-federated": ClientRole.FEDERATED_PARTNER}
+
+
 class CallPair(_Model):
     """Who calls whom: a caller population (default: the phase's ``clients``) and a callee population."""
 
     caller: Name | None = None
     callee: Name
+    kind: CallKind | None = Field(None, description="this pair's call kind (default: the phase's calls.kind)")
 
 
 class CallsExpectation(_Model):
@@ -291,9 +299,14 @@ class CallsExpectation(_Model):
 
 
 class CallsSpec(_Model):
-    """What makes a load phase a ``calls`` phase: calls between remote users of the pairs' populations."""
+    """What makes a load phase a ``calls`` phase: remote users of the pairs' caller populations call users of the
+    callee populations (remote, internal or federated: ``kind``)."""
 
-    kind: Literal["remote-remote"] = "remote-remote"
+    kind: CallKind = Field("remote-remote", description="remote-remote: the callee is a remote user (its "
+                           "Access Edge, its NAT); remote-internal: an internal-user population, answered at the "
+                           "Director (or Front End), relaying through the internal A/V Edge; remote-federated: a "
+                           "federated-partner population's users, answered at the partner's Edge, host candidates "
+                           "on the partner's address")
     pairs: list[CallPair] = Field(min_length=1)
     count: int = Field(1, ge=1, le=100_000, description="calls in all, spread round-robin over the pairs")
     call_duration: float = Field(3.0, gt=0, le=3600, description="seconds of media per call")
@@ -309,6 +322,40 @@ class CallsSpec(_Model):
                                  "this long ends as media-lost-mid-call (no ICE restart)")
     expect: CallsExpectation | None = Field(None, description="checked after the run: edgesim run exits 1 when "
                                             "one does not hold")
+
+    def kind_of(self, pair: CallPair) -> CallKind:
+        return pair.kind or self.kind
+
+
+def calls_pair_problems(index: int, phase: LoadPhase, by_name: dict[str, Client]) -> list[tuple[FieldPath, str]]:
+    """What a calls phase's pairs name wrongly: a caller that is not a remote-user population, a callee whose role
+    is not the one its call kind needs (``CALLEE_ROLES``), each at its own field."""
+    calls = phase.calls
+    assert calls is not None
+    problems: list[tuple[FieldPath, str]] = []
+    label = f"load phase {phase.name!r}"
+    for number, pair in enumerate(calls.pairs):
+        caller = pair.caller or phase.clients
+        where: FieldPath = ("load", index, "calls", "pairs", number, "caller") if pair.caller else ("load", index,
+                                                                                                  "clients")
+        if (population := by_name.get(caller)) is None:
+            problems.append((where, f"{label}: no client named {caller!r}"))
+        elif population.role is not ClientRole.REMOTE_USER:
+            problems.append((where, f"{label}: the caller {caller!r} is a {population.role} population; calls "
+                             "are placed by remote-user populations"))
+        kind = calls.kind_of(pair)
+        want = CALLEE_ROLES[kind]
+        at: FieldPath = ("load", index, "calls", "pairs", number, "callee")
+        if (callee := by_name.get(pair.callee)) is None:
+            problems.append((at, f"{label}: no client named {pair.callee!r}"))
+        elif callee.role is not want:
+            problems.append((at, f"{label}: callee {pair.callee!r} is a {callee.role} population; a {kind} call "
+                             f"(kind from {'pairs[].kind' if pair.kind else 'calls.kind'}) needs a callee of role "
+                             f"{want}"))
+        elif kind == "remote-internal" and not any(c.role is ClientRole.FRONT_END for c in by_name.values()):
+            problems.append((at, f"{label}: a remote-internal call needs a front-end population (an internal "
+                             "user's A/V credentials come from MRAS through the Front End)"))
+    return problems
 
 
 class StopNode(_Model):
@@ -454,12 +501,8 @@ class Scenario(_Model):
             if population is None:
                 problems.append((("load", index, "clients"), f"load phase {phase.name!r}: no client named "
                                  f"{phase.clients!r}"))
-            elif phase.calls is not None and (bad := [name for pair in phase.calls.pairs
-                                                      for name in (pair.caller or phase.clients, pair.callee)
-                                                      if by_name.get(name) is None
-                                                      or by_name[name].role not in LOAD_ROLES]):
-                problems.append((("load", index, "calls", "pairs"), f"load phase {phase.name!r}: calls need "
-                                 f"remote-user populations; not {', '.join(sorted(set(bad)))}"))
+            elif phase.calls is not None and (call_problems := calls_pair_problems(index, phase, by_name)):
+                problems += call_problems
             elif population.role not in LOAD_ROLES:
                 problems.append((("load", index, "clients"), f"load phase {phase.name!r}: {phase.clients!r} is a "
                                  f"{population.role} population; load phases sign users in through the Access Edge, "
