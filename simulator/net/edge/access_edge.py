@@ -122,6 +122,9 @@ class AccessEdge:
         self.answered_malformed = 0
         self._running = False
         c = config
+        self._edge_hosts = frozenset({c.access_fqdn, c.internal_fqdn, c.external_host, c.internal_host})
+        self._client_trust = (f"ms-source-type=InternetUser;ms-ep-fqdn={c.access_fqdn};"
+                              "ms-source-network=internet")
         self.listeners: dict[str, SipTlsListener] = {
             "sip-443": listener_class("sip-443", c.external_host, c.tls_port, contexts.client_tls, self._serve,
                                       side="client"),
@@ -199,6 +202,8 @@ class AccessEdge:
         return f"<sip:{c.internal_host}:{c.internal_port};transport=tls;lr;{FLOW_PARAM}={self.flow_token(connection)}>"
 
     def _our_route(self, request: SipRequest) -> SipUri | None:
+        if "route" not in request.headers.lookup_keys:
+            return None  # the usual request from outside: no lookup to make
         routes = request.headers.values("route")
         if not routes:
             return None
@@ -208,9 +213,7 @@ class AccessEdge:
         return None
 
     def _is_for_edge(self, uri: SipUri) -> bool:
-        c = self.config
-        return uri.user is None and uri.host.lower() in {c.access_fqdn, c.internal_fqdn, c.external_host,
-                                                         c.internal_host}
+        return uri.user is None and uri.host.lower() in self._edge_hosts
 
     async def _route(self, inbound: Inbound) -> None:
         request = inbound.request
@@ -262,8 +265,7 @@ class AccessEdge:
                 if 200 <= response.status < 300:
                     connection.authenticated.add(registered)
 
-        trust = f"ms-source-type=InternetUser;ms-ep-fqdn={self.config.access_fqdn};ms-source-network=internet"
-        await self._to_director(inbound, our_route, trust, on_final)
+        await self._to_director(inbound, our_route, self._client_trust, on_final)
 
     async def _from_partner(self, inbound: Inbound, our_route: SipUri | None) -> None:
         request, connection = inbound.request, inbound.peer

@@ -29,6 +29,8 @@ from simulator.net.transport.tlsstream import TlsStream
 from simulator.outcome import Reason
 from simulator.wire.errors import MalformedMessage
 from simulator.wire.sip import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_HEADER_BYTES,
     KEEPALIVE_PONG,
     REASON_PHRASES,
     KeepalivePing,
@@ -38,10 +40,19 @@ from simulator.wire.sip import (
     SipStreamFramer,
     header_key,
 )
+from simulator.wire.sip.parse import _build, _content_length
 
 _SALVAGED = ("via", "from", "to", "call-id", "cseq")
 _MESSAGES = (SipRequest, SipResponse)
 _connection_ids = itertools.count(1)
+
+
+class _Framer(SipStreamFramer):
+    """The codec's framer, telling when it holds nothing (no bytes, no head waiting for its body)."""
+
+    @property
+    def idle(self) -> bool:
+        return self._pending is None and not self._buffer
 
 
 def salvage_error_response(raw: bytes, status: int) -> bytes | None:
@@ -92,7 +103,7 @@ class SipConnection:
         self.malformed = 0
         self.keepalives = 0
         self.authenticated: set[str] = set()  # AORs a registrar accepted on this flow (Access Edge)
-        self._framer = SipStreamFramer()  # it keeps the bytes of a malformed request, to answer it from
+        self._framer = _Framer()  # it keeps the bytes of a malformed request, to answer it from
         # Writes made in one turn of the event loop leave together (one TLS record, one send) in the next.
         self._outgoing: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -160,6 +171,35 @@ class SipConnection:
                 return
             if not data:
                 return
+            if framer.idle:
+                # The usual read holds whole messages: cut and build them here as the framer would (same limits,
+                # same builder), without copying the read into the framer's buffer and out again; anything else —
+                # a CRLF, a cut message, a fault — goes to the framer from that message on, which decides and
+                # answers as always (tests/sip/test_connection_framing.py: the same messages and answers).
+                start, end_of_data = 0, len(data)
+                while start < end_of_data:
+                    end = data.find(b"\r\n\r\n", start)
+                    if end < 0 or data[start] == 13 or end - start > DEFAULT_MAX_HEADER_BYTES:
+                        break
+                    head = data[start:end]
+                    try:
+                        length = _content_length(head) or 0
+                    except MalformedMessage:
+                        break
+                    stop = end + 4 + length
+                    if length > DEFAULT_MAX_BODY_BYTES or stop > end_of_data:
+                        break
+                    body = data[end + 4:stop]
+                    try:
+                        message = _build(head, body)
+                    except MalformedMessage:
+                        break
+                    start = stop
+                    yield message
+                if start:
+                    data = data[start:]
+                    if not data:
+                        continue
             framer.feed(data)
             while True:
                 try:
