@@ -42,7 +42,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from hdrh.histogram import HdrHistogram
 
@@ -58,7 +58,7 @@ from simulator.lab.topology import Lab
 from simulator.net.clients.ice import IceFailed, IceOutcome, IceSession
 from simulator.net.clients.media import MediaRunner, ntp_offset
 from simulator.net.clients.sip_client import RemoteUser, SipClient
-from simulator.net.nat.natbox import NatBox
+from simulator.net.nat.gate import Gateway, IntranetGate
 from simulator.net.peers.frontend import FrontEndServer
 from simulator.net.peers.sip_partner import PartnerEdgeServer
 from simulator.net.transport.resolver import ResolverError, StubResolver
@@ -247,72 +247,6 @@ class CallsReport:
 
 
 # ----------------------------------------------------------------------------------------- parties and signalling
-
-
-class _GatedEndpoint(asyncio.DatagramProtocol):
-    """One UDP socket at an intranet address that only talks with intranet addresses (see IntranetGate)."""
-
-    def __init__(self, gate: IntranetGate, on_datagram: Callable[[bytes, tuple[str, int]], None] | None) -> None:
-        self.gate = gate
-        self.on_datagram = on_datagram
-        self.transport: asyncio.DatagramTransport | None = None
-        self.internal_address = Address("0.0.0.0", 0)
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-        name = self.transport.get_extra_info("sockname")
-        self.internal_address = Address(name[0], name[1])
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if addr[0] not in self.gate.allowed:
-            self.gate.dropped_inbound += 1
-        elif self.on_datagram is not None and not self.closed:
-            self.on_datagram(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        pass
-
-    def sendto(self, data: bytes, dst: tuple[str, int]) -> None:
-        if self.closed or self.transport is None:
-            return
-        if dst[0] not in self.gate.allowed:
-            self.gate.dropped_outbound += 1
-            return
-        self.transport.sendto(data, (dst[0], dst[1]))
-
-    def mapped_address(self, remote: tuple[str, int]) -> Address:
-        return self.internal_address  # no translation: the intranet is routed to the Edge's internal interface
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-
-
-class IntranetGate:
-    """The perimeter around an internal user, for a loopback lab where every address reaches every other.
-
-    Its endpoints are real sockets at the user's intranet address (so its host candidates are that address and
-    the internal A/V Edge sees it as it is: no NAT), but they send to and accept from ``allowed`` addresses only
-    — the intranet: the nodes' internal interfaces, the Front End, the Director, internal users. What an
-    Internet host sends to an intranet address, or an intranet host to an Internet one, is dropped and counted,
-    as the perimeter firewalls of a Lync Edge deployment do (research-lync-edge §1: internal clients reach the
-    Internet's media through the Edge's internal interface only). It has the shape of the NAT box an
-    :class:`~simulator.net.clients.ice.IceSession` takes (``open_udp`` → ``sendto``/``close``/``mapped_address``).
-    """
-
-    def __init__(self, allowed: frozenset[str]) -> None:
-        self.allowed = allowed
-        self.dropped_inbound = 0
-        self.dropped_outbound = 0
-
-    async def open_udp(self, internal_address: tuple[str, int],
-                       on_datagram: Callable[[bytes, tuple[str, int]], None] | None = None,
-                       **_options: Any) -> _GatedEndpoint:
-        endpoint = _GatedEndpoint(self, on_datagram)
-        await asyncio.get_running_loop().create_datagram_endpoint(lambda: endpoint, local_addr=internal_address)
-        return endpoint
 
 
 @dataclass
@@ -603,8 +537,8 @@ class _Phase:
                      answer.credentials.password, Address(edge, lab.port_map(TURN_UDP_PORT)), rng)
 
     def _ice(self, party: Party, role: str, runner: MediaRunner) -> IceSession:
-        # An internal user's sockets go through its gate (same shape as a NAT box's endpoints, no translation).
-        nat = cast(NatBox, party.gate) if party.gate is not None else nat_for(self.lab, party.account.host)
+        # An internal user's sockets go through its gate (a Gateway, as a NAT box is; no translation).
+        nat: Gateway | None = party.gate if party.gate is not None else nat_for(self.lab, party.account.host)
         return IceSession(self.spec.ice, "controlling" if role == "caller" else "controlled",
                           random.Random(party.rng.getrandbits(64)), hosts=[party.account.host],
                           nat=nat, turn_server=party.turn_server,

@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-An :class:`IceSession` owns one UDP socket per host address (a real loopback socket, or an endpoint behind
-a :class:`~simulator.net.nat.natbox.NatBox` when the client sits behind a NAT), optionally one MS-TURN UDP
-relay through edgesim's own :class:`~simulator.net.clients.turn_client.MsTurnClient`, and one
+An :class:`IceSession` owns one UDP socket per host address (a real loopback socket, or an endpoint of a
+:class:`~simulator.net.nat.gate.Gateway` — a NAT box or an intranet gate — when the client sits behind one),
+optionally one MS-TURN UDP relay through edgesim's own :class:`~simulator.net.clients.turn_client.MsTurnClient`, and one
 :class:`~simulator.core.ice.IceAgent`. It only moves bytes:
 
 - ``gather()``: opens the sockets (host candidates), sends one STUN Binding per host socket to the STUN
@@ -44,7 +44,7 @@ from simulator.core.ice import (
 )
 from simulator.core.ice.candidates import Candidate
 from simulator.net.clients.turn_client import MsTurnClient
-from simulator.net.nat.natbox import NatBox, NatUdpEndpoint
+from simulator.net.nat.gate import Gateway, GatewayEndpoint
 from simulator.outcome import ProbeFailure, Reason
 from simulator.wire import sdp, stun
 from simulator.wire.errors import MalformedMessage
@@ -93,7 +93,7 @@ class _HostSocket(asyncio.DatagramProtocol):
         self.session = session
         self.via = via
         self.transport: asyncio.DatagramTransport | None = None
-        self.endpoint: NatUdpEndpoint | None = None
+        self.endpoint: GatewayEndpoint | None = None
         self.address = Address("0.0.0.0", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -190,7 +190,7 @@ class IceSession:
     """
 
     def __init__(self, profile: Profile | str, role: Literal["controlling", "controlled"], rng: random.Random, *,
-                 hosts: Sequence[str], nat: NatBox | None = None, stun_server: Address | None = None,
+                 hosts: Sequence[str], nat: Gateway | None = None, stun_server: Address | None = None,
                  turn_server: Address | None = None, turn_tcp_server: Address | None = None,
                  turn_username: str = "", turn_password: str = "",
                  turn_version: int = 3, relay_only: bool = False, config: IceConfig | None = None,

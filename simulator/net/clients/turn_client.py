@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from simulator.net.nat.natbox import NatBox, NatUdpEndpoint
+from simulator.net.nat.gate import Gateway, GatewayEndpoint
 from simulator.net.transport.tls import classify_tls_error
 from simulator.outcome import ProbeFailure, Reason
 from simulator.wire import msturn, stun, turn
@@ -73,7 +73,7 @@ class MsTurnClient:
 
     def __init__(self, transport: Literal["udp", "tcp"], server: Address, username: str, password: str,
                  rng: random.Random, *, version: int = 2, local_host: str | None = None,
-                 nat: NatBox | None = None, tcp_opener: StreamOpener | None = None) -> None:
+                 nat: Gateway | None = None, tcp_opener: StreamOpener | None = None) -> None:
         """``nat``: send UDP through this NAT box (the client sits behind it); ``tcp_opener``: how to open the
         TCP connection (e.g. through the NAT box); by default a plain connection from ``local_host``."""
         self.transport = transport
@@ -90,7 +90,7 @@ class MsTurnClient:
         self.allocated = False  # an allocation exists that close() must release
         self.local: Address | None = None
         self._nat = nat
-        self._nat_endpoint: NatUdpEndpoint | None = None
+        self._nat_endpoint: GatewayEndpoint | None = None
         self._tcp_opener = tcp_opener
         self._conn = _Connection()
         self._udp: asyncio.DatagramTransport | None = None
