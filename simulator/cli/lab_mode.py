@@ -183,10 +183,12 @@ async def _serve_side(args: argparse.Namespace) -> int:
                 "arrivals": lab.arrivals() + worker_arrivals()})
 
     def worker_arrivals() -> list[dict[str, Any]]:
-        """What reached the Access Edge workers' listeners (the A/V Edge workers do not record arrivals)."""
+        """What reached the Access Edge and A/V Edge workers' listeners."""
         from simulator.lab.access import access_edge_workers
+        from simulator.lab.av import av_worker_arrivals
 
-        return [entry for _node, pool in access_edge_workers(lab) for entry in pool.arrivals()]
+        access = [entry for _node, pool in access_edge_workers(lab) for entry in pool.arrivals()]
+        return access + av_worker_arrivals(lab)
 
     hosts = sorted({address for address, _what in side_addresses(scenario, args.side, node)})
     collectors = [] if workers is None else [AccessWorkerCollector(lambda: lab)]

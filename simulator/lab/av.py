@@ -37,7 +37,7 @@ STUN, and an echo), UDP 50600 (a media port: echo) and TCP 443 and 50600 (echo) 
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from simulator.core.ports import RelayPortAllocator
 from simulator.lab.addressing import HostKind
@@ -124,7 +124,8 @@ def av_worker_services(lab: Lab, node: NodeSpec, count: int) -> dict[str, Servic
             count, listen=listen, public=public, relay_bind=bind, udp_port=lab.port_map(TURN_UDP_PORT),
             tcp_port=lab.port_map(TURN_TCP_PORT), first_port=first, last_port=last, realm=lab.scenario.domain,
             secret=lab.av_secret, seed=seed, nat=view,
-            config={"private_hosts": lab.private_addresses(node.name), "alternate_host": alternate}))
+            config={"private_hosts": lab.private_addresses(node.name), "alternate_host": alternate},
+            record_arrivals=lab.arrival_log is not None))  # a serving side of firewall lab mode
     return services
 
 
@@ -144,6 +145,12 @@ def worker_av_edges(lab: Lab) -> list[tuple[str, str, AvEdgeServer]]:
         out += [(node_name, label, cast(AvEdgeServer, WorkerView(snap, pools if index == 0 else [])))
                 for index, (label, snap) in enumerate(entries)]
     return out
+
+
+def av_worker_arrivals(lab: Lab) -> list[dict[str, Any]]:
+    """What reached the listeners of the A/V Edges running in workers (firewall lab mode records it)."""
+    return [entry for node in lab.nodes.values() for service in node.services.values()
+            if isinstance(service, AvEdgeWorkers) and service.running for entry in service.pool.arrivals()]
 
 
 def media_peers(lab: Lab) -> dict[str, Service]:

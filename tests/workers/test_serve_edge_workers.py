@@ -148,6 +148,9 @@ async def test_remote_users_sign_in_and_relay_on_both_kinds_of_workers(tmp_path:
     arrivals = json.loads(observations.read_text(encoding="utf-8"))["arrivals"]
     on_443 = [a for a in arrivals if a["listener"] == "sip-443" and a["local"] == f"{access}:443"]
     assert len(on_443) == SIGN_INS and {a["remote"].rsplit(":", 1)[0] for a in on_443} == hosts, on_443
+    # … and the A/V Edge workers recorded the Allocates that reached 3478 (what `report merge` reads for E15/E16)
+    on_3478 = [a for a in arrivals if a["listener"] == "av-udp" and a["local"].endswith(":3478")]
+    assert on_3478, [a for a in arrivals if a["listener"] != "sip-443"][:20]
 
 
 @pytest.mark.parametrize("value", ["0", "abc"])

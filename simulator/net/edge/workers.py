@@ -52,6 +52,7 @@ from simulator.core.nat import StaticNat, StaticNatConfig
 from simulator.core.ports import PoolMetrics
 from simulator.core.turn.state import TurnMetrics
 from simulator.net.edge.av_edge import AvEdgeServer, PoolNatView, _Stream
+from simulator.net.transport.arrivals import ArrivalLog, start_recording
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -276,6 +277,7 @@ class WorkerSpec:
     seed: int | None = None
     config: dict[str, Any] | None = None  # AvEdgeServer ``config`` (the lab: private_hosts, alternate_host)
     nat: WorkerNat | None = None  # the embedded lab's pool NAT emulation
+    record_arrivals: bool = False  # firewall lab mode: what reached the listeners (``serve edge --observations``)
 
 
 @dataclass
@@ -315,6 +317,9 @@ async def _worker_main(spec: WorkerSpec, conn: Connection) -> int:
     for name, password in spec.users:
         store.add_static(name, password)
     steering = Steering(spec.index, spec.count, spec.token)
+    arrivals = ArrivalLog() if spec.record_arrivals else None
+    if arrivals is not None:
+        start_recording(arrivals)  # before the server exists: it takes the recorder when it is made
     nat = spec.nat
     view = None if nat is None else PoolNatView(
         StaticNat(nat.config, random.Random(f"{nat.seed}:w{spec.index}")), nat.private_host, spec.public,
@@ -345,6 +350,8 @@ async def _worker_main(spec: WorkerSpec, conn: Connection) -> int:
                 what = conn.recv()
                 if what == "metrics":
                     conn.send(("metrics", _snapshot(edge, steering)))
+                elif what == "arrivals":
+                    conn.send(("arrivals", [] if arrivals is None else list(arrivals.entries)))
                 elif what == "stop":
                     stop.set()
                     return
@@ -422,7 +429,7 @@ class WorkerPool:
              first_port: int, last_port: int, users: tuple[tuple[str, str], ...] = (), realm: str = "edgesim",
              secret: str | None = None, max_allocations: int | None = None, user_quota: int | None = None,
              seed: int | None = None, config: dict[str, Any] | None = None,
-             nat: WorkerNat | None = None) -> WorkerPool:
+             nat: WorkerNat | None = None, record_arrivals: bool = False) -> WorkerPool:
         """The workers of one interface: relay slices, quota shares, seeds and one nonce secret."""
         rng = random.Random(seed) if seed is not None else random.SystemRandom()
         nonce_secret = rng.randbytes(20)
@@ -434,7 +441,8 @@ class WorkerPool:
                 1 if index < max_allocations % count else 0)
             specs.append(WorkerSpec(
                 index, count, token, listen, public, relay_bind, udp_port, tcp_port, first, last, nonce_secret,
-                users, realm, secret, quota, user_quota, None if seed is None else seed + index, config, nat))
+                users, realm, secret, quota, user_quota, None if seed is None else seed + index, config, nat,
+                record_arrivals))
         return cls(specs)
 
     async def start(self) -> None:
@@ -484,6 +492,19 @@ class WorkerPool:
         if len(out) == len(self.conns):
             self.last = out
         return out
+
+    def arrivals(self) -> list[dict[str, Any]]:
+        """What reached every worker's listeners so far (``record_arrivals``; empty otherwise), in time order."""
+        out: list[dict[str, Any]] = []
+        for conn in self.conns:
+            with contextlib.suppress(OSError, EOFError):
+                conn.send("arrivals")
+                while conn.poll(REPLY_TIMEOUT):
+                    reply = conn.recv()
+                    if reply[0] == "arrivals":
+                        out.extend(reply[1])
+                        break
+        return sorted(out, key=lambda entry: entry.get("at", 0.0))
 
     def av_edges(self, node: str, interface: str) -> list[tuple[str, str, AvEdgeServer]]:
         """The ``Sources.av_edges`` entries: one per worker, the relay pools (summed) on the first."""
