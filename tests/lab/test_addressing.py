@@ -16,8 +16,8 @@ def test_every_host_has_its_own_loopback_address(shipped_as_written: Scenario) -
     assert all(address in lab for address in addresses)
     assert IPv4Address("127.0.0.1") not in addresses
     # 2 nodes x (internal + 6 external) + DNS + CRL + pool NAT + 3 client NATs (remote-users, remote-home,
-    # remote-corp) + 4 + 2 + 2 remote users + 5 single peers
-    assert len(plan.hosts) == 2 * 7 + 3 + 3 + (4 + 2 + 2) + 5
+    # remote-corp) + 4 + 2 + 2 remote users + 2 internal users + 5 single peers
+    assert len(plan.hosts) == 2 * 7 + 3 + 3 + (4 + 2 + 2) + 2 + 5
 
 
 def test_node_layout(shipped_as_written: Scenario) -> None:
