@@ -123,3 +123,34 @@ def test_core_calls_listen_once_at_the_first_permission_and_never_without_one() 
         assert h.binder.listening == {("udp", port)}  # FakeBinder asserts it is called once
     h.to_client(c.request(TurnMethod.REFRESH, attr(turn.LIFETIME, 0)))
     assert h.binder.listening == set()
+
+
+def _readable(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(100, socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
+
+
+async def test_channel_data_then_refresh_0_in_one_wake_up_still_reaches_the_peer() -> None:
+    """The listener reads many datagrams per wake-up and sends once per wake-up: data relayed before a Refresh(0)
+    deleted the allocation must still leave (RFC 8656 §12.4: relayed in the order received), though its relay
+    socket closes within the same batch."""
+    async with edge(public=HOST) as server:
+        assert server.udp_address is not None
+        target = (server.udp_address.host, server.udp_address.port)
+        client = Collector()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind((PEER_HOST, 0))
+            peer.setblocking(False)
+            async with udp(client, CLIENT_HOST) as ct:
+                c = RfcClient(username="alice", password="s3cret")
+                await _allocate(ct, client, c, target)
+                ct.sendto(c.request(TurnMethod.CHANNEL_BIND, attr(turn.CHANNEL_NUMBER, 0x4000),
+                                    attr(turn.XOR_PEER_ADDRESS, Address(*peer.getsockname()))), target)
+                assert c.learn((await client.get())[0]).cls == MessageClass.SUCCESS
+                ct.sendto(turn.encode_channel_data(0x4000, b"ping"), target)  # both queued before the edge reads
+                ct.sendto(c.request(TurnMethod.REFRESH, attr(turn.LIFETIME, 0)), target)
+                assert c.learn((await client.get())[0]).get(turn.LIFETIME) == 0
+                await eventually(lambda: _readable(peer), "the relayed payload at the peer")
+                assert peer.recv(100) == b"ping"

@@ -60,7 +60,7 @@ from typing import Any, Final
 from simulator.core.credentials import CredentialStore
 from simulator.core.ports import RelayPortAllocator
 from simulator.core.turn.auth import Authenticator
-from simulator.core.turn.binding import BindingResponder
+from simulator.core.turn.binding import _BINDING_SUCCESS, _COOKIE_PORT, _XMA_V4_HEAD, BindingResponder
 from simulator.core.turn.fastpath import ALLOCATE_REQUEST, REFRESH_REQUEST, FastPath
 from simulator.core.turn.msturn import MsTurnHandlers
 from simulator.core.turn.request import REASONS, Reply, Request
@@ -225,7 +225,15 @@ class TurnServer(FastPath, Rfc8656Handlers, Rfc6062Handlers, MsTurnHandlers, Bin
             # 5-tuple may forward it end to end (see _receive_message).
             alloc = self._allocations.get(client)
             if alloc is None or not alloc.ms:
-                self._binding(data, client, sink, now)
+                host = client[0]
+                if ":" in host:
+                    self._binding(data, client, sink, now)
+                    return
+                # _binding's IPv4 template, inlined (one Python call less on the Binding benchmark's path)
+                self.metrics.bindings += 1
+                xaddr = self._xored_hosts.get(host) or self._xor_host(host)
+                port = (client[1] ^ _COOKIE_PORT).to_bytes(2, "big")
+                self.transmits.append((sink, _BINDING_SUCCESS + data[4:20] + _XMA_V4_HEAD + port + xaddr, client))
                 return
         self._receive_message(data, client, client, sink, None, now)
 
