@@ -65,3 +65,28 @@ async def test_sign_ins_leave_no_long_lived_nat_binding_or_nonce(shipped_scenari
         for director in directors:
             director._prune_nonces(now + 2 * NONCE_LIFETIME + 1)
         assert sum(len(d._nonces) for d in directors) == 0
+
+
+def test_validated_nonces_do_not_pile_up_with_client_churn() -> None:
+    """New clients from one host all the while (the soak): the server's caches of nonces hold a bounded number per
+    host, not one per second — a nonce past its expiry is worth nothing (RFC 8489 §9.2.4: stale, 438) and is
+    checked by its MAC again if it ever comes back."""
+    from simulator.core.credentials import CredentialStore
+    from simulator.core.turn.auth import Authenticator
+    from simulator.core.turn.state import TurnServerConfig
+
+    lifetime = 600.0
+    auth = Authenticator(TurnServerConfig(public_host="127.68.9.1", relay_host="127.68.9.1", nonce_lifetime=lifetime),
+                         CredentialStore(), b"k" * 20)
+    hosts = [f"127.68.9.{n}" for n in range(10, 14)]
+    now = 1_000_000.0
+    for _ in range(int(3 * lifetime)):  # a fresh client per host each second, for three lifetimes
+        for host in hosts:
+            nonce = auth.make_nonce(host, now)
+            assert auth.nonce_valid(nonce, host, now)
+        now += 1.0
+    held = len(auth._good_nonces)
+    # a lifetime's worth of distinct nonces at most per host (plus the few not yet dropped), not 3 x 600 per host
+    assert held <= len(hosts) * (lifetime // 10 + 1) + 8, held
+    stale = auth.make_nonce(hosts[0], now - 2 * lifetime)
+    assert not auth.nonce_valid(stale, hosts[0], now)  # expired: still refused

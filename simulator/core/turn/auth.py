@@ -11,6 +11,7 @@ answers a request either by filling in :attr:`Request.auth` or by returning/rais
 from __future__ import annotations
 
 import hmac
+import itertools
 from typing import Any, Final
 
 from simulator.core.credentials import CredentialStore
@@ -20,6 +21,8 @@ from simulator.wire import msturn, stun, turn
 from simulator.wire.stun import Address, Attribute, Message, MessageClass, attr
 
 _NONCE_CACHE_SIZE: Final = 65536
+_NONCE_STEPS: Final = 60  # a host's nonce string changes this many times per nonce lifetime (every 60 s at 1 h)
+_EXPIRED_DROPPED: Final = 8  # expired validated nonces forgotten per insertion, at most
 
 
 class Authenticator:
@@ -29,6 +32,9 @@ class Authenticator:
         self.config = config
         self.credentials = credentials
         self._secret = secret
+        # Expiries are floored to a step, so one host is handed one nonce per step rather than one per second: the
+        # caches below then hold a few entries per host, not one per second of churn (the soak's slow growth).
+        self._nonce_step = max(1, int(config.nonce_lifetime // _NONCE_STEPS))
         self._keys: dict[tuple[Any, ...], bytes] = {}
         self._nonce_by_host: dict[str, tuple[int, str]] = {}  # host -> (expiry, nonce) last handed out
         self._good_nonces: dict[tuple[str, str], int] = {}  # (nonce, host) with a valid MAC -> expiry
@@ -46,9 +52,14 @@ class Authenticator:
         self._good_nonces.clear()
         self._challenges.clear()
 
+    def _expiry(self, now: float) -> int:
+        """When a nonce handed out at ``now`` expires: the lifetime later, floored to the step (never later)."""
+        step = self._nonce_step
+        return int(now + self.config.nonce_lifetime) // step * step
+
     def make_nonce(self, host: str, now: float) -> str:
-        """The nonce for ``host`` this second (the same string for the same host and second)."""
-        expiry = int(now + self.config.nonce_lifetime)
+        """The nonce for ``host`` this step (the same string for the same host and expiry)."""
+        expiry = self._expiry(now)
         last = self._nonce_by_host.get(host)
         if last is not None and last[0] == expiry:
             return last[1]  # same host, same second: the same nonce (it is a function of both)
@@ -73,14 +84,21 @@ class Authenticator:
             good = stun.hmac_digest(self._secret, f"{stamp}/{host}".encode(), "sha1").hex()[:16]
             if not hmac.compare_digest(good, mac):
                 return False
-            if len(self._good_nonces) >= _NONCE_CACHE_SIZE:
-                self._good_nonces.clear()
+            # Inserted in about expiry order: forget a few expired ones from the front (a stale nonce is checked
+            # by MAC again and fails on its expiry), the whole cache only if it still fills.
+            good_nonces = self._good_nonces
+            for key in list(itertools.islice(good_nonces, _EXPIRED_DROPPED)):
+                if good_nonces[key] > now:
+                    break
+                del good_nonces[key]
+            if len(good_nonces) >= _NONCE_CACHE_SIZE:
+                good_nonces.clear()
             self._good_nonces[(nonce, host)] = expiry  # ours and untampered: only the expiry is left to check
         return expiry > now
 
     def challenge_bytes(self, data: bytes, host: str, now: float) -> bytes:
-        """The 401 to an unsigned RFC 8656 request: built once per host and nonce second, then spliced."""
-        expiry = int(now + self.config.nonce_lifetime)
+        """The 401 to an unsigned RFC 8656 request: built once per host and nonce step, then spliced."""
+        expiry = self._expiry(now)
         method = data[1]
         cached = self._challenges.get((host, method))
         if cached is None or cached[0] != expiry:
