@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simulator.net.edge.access_edge import AccessEdge, AccessEdgeConfig, EdgeContexts
+from simulator.net.edge.workers import collect_arrivals, receive_reply, serve_parent
 from simulator.net.transport.arrivals import ArrivalLog, start_recording
 from simulator.net.transport.listener import AsyncioStream
 from simulator.net.transport.resolver import StubResolver
@@ -276,26 +277,7 @@ async def _worker_main(spec: AccessWorkerSpec, conn: Connection) -> int:
     gc.collect()
     gc.freeze()  # a dedicated server process: what exists now lives as long as the process
     conn.send(("ready",))
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def on_message() -> None:
-        try:
-            while conn.poll():
-                what = conn.recv()
-                if what == "metrics":
-                    conn.send(("metrics", _snapshot(edge, links)))
-                elif what == "arrivals":
-                    conn.send(("arrivals", [] if arrivals is None else list(arrivals.entries)))
-                elif what == "stop":
-                    stop.set()
-                    return
-        except (EOFError, OSError):
-            stop.set()  # the parent is gone
-
-    loop.add_reader(conn.fileno(), on_message)
-    await stop.wait()
-    loop.remove_reader(conn.fileno())
+    await serve_parent(conn, lambda: _snapshot(edge, links), arrivals)
     final = _snapshot(edge, links)
     for listener in started:
         await listener.stop()
@@ -384,7 +366,7 @@ class AccessEdgeWorkers:
         child.close()
         self.processes.append(process)
         self.conns.append(parent)
-        reply = await _receive(parent, START_TIMEOUT)
+        reply = await receive_reply(parent, START_TIMEOUT)
         if reply is None or reply[0] != "ready":
             text = reply[1] if reply is not None and reply[0] == "error" else "did not start"
             raise OSError(f"access-edge worker {spec.index}: {text}")
@@ -412,19 +394,7 @@ class AccessEdgeWorkers:
 
     def arrivals(self) -> list[dict[str, Any]]:
         """What reached every worker's listeners so far (``record_arrivals``; empty otherwise), in time order."""
-        out: list[dict[str, Any]] = []
-        if not self._running:
-            return out
-        for conn in self.conns:
-            with contextlib.suppress(OSError, EOFError):
-                conn.send("arrivals")
-                deadline = REPLY_TIMEOUT
-                while conn.poll(deadline):
-                    reply = conn.recv()
-                    if reply[0] == "arrivals":
-                        out.extend(reply[1])
-                        break
-        return sorted(out, key=lambda entry: entry["at"])
+        return collect_arrivals(self.conns) if self._running else []
 
     def views(self) -> tuple[MergedAccessEdge, list[tuple[str, ListenerView]]]:
         """The SIP counters summed over the workers, and each worker's listeners (``sip-443#w0`` …)."""
@@ -452,7 +422,7 @@ class AccessEdgeWorkers:
             with contextlib.suppress(OSError):
                 conn.send("stop")
         for index, (process, conn) in enumerate(zip(self.processes, self.conns, strict=True)):
-            reply = await _receive(conn, REPLY_TIMEOUT) if process.is_alive() else None
+            reply = await receive_reply(conn, REPLY_TIMEOUT) if process.is_alive() else None
             if reply is not None and reply[0] == "stopped" and index < len(self.last):
                 self.last[index] = reply[1]
             await asyncio.get_running_loop().run_in_executor(None, process.join, REPLY_TIMEOUT)
@@ -464,27 +434,3 @@ class AccessEdgeWorkers:
         self.conns.clear()
 
 
-async def _receive(conn: Connection, timeout: float) -> Any:
-    """The next message on ``conn`` (skipping metrics replies), or None after ``timeout`` or at EOF."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        ready: asyncio.Future[None] = loop.create_future()
-
-        def wake(ready: asyncio.Future[None] = ready) -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(conn.fileno(), wake)
-        try:
-            await asyncio.wait_for(ready, max(0.0, deadline - loop.time()))
-        except TimeoutError:
-            return None
-        finally:
-            loop.remove_reader(conn.fileno())
-        try:
-            reply = conn.recv()
-        except (EOFError, OSError):
-            return None
-        if reply[0] != "metrics":
-            return reply

@@ -44,6 +44,7 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, cast
@@ -341,6 +342,18 @@ async def _worker_main(spec: WorkerSpec, conn: Connection) -> int:
     gc.freeze()  # as the single-process server: what exists now lives as long as the process
     assert edge.udp_address is not None and edge.tcp_address is not None
     conn.send(("ready", edge.udp_address.port, edge.tcp_address.port))
+    await serve_parent(conn, lambda: _snapshot(edge, steering), arrivals)
+    final = _snapshot(edge, steering)
+    steering.close()
+    await edge.stop()
+    with contextlib.suppress(OSError):
+        conn.send(("stopped", final))
+    return 0
+
+
+async def serve_parent(conn: Connection, snapshot: Callable[[], Any], arrivals: ArrivalLog | None) -> None:
+    """A worker's side of its pipe: answer ``metrics`` (a ``snapshot()``) and ``arrivals`` until the parent says
+    ``stop`` or goes away (every kind of worker: A/V Edge here, Access Edge in :mod:`.ae_workers`)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -349,7 +362,7 @@ async def _worker_main(spec: WorkerSpec, conn: Connection) -> int:
             while conn.poll():
                 what = conn.recv()
                 if what == "metrics":
-                    conn.send(("metrics", _snapshot(edge, steering)))
+                    conn.send(("metrics", snapshot()))
                 elif what == "arrivals":
                     conn.send(("arrivals", [] if arrivals is None else list(arrivals.entries)))
                 elif what == "stop":
@@ -359,14 +372,24 @@ async def _worker_main(spec: WorkerSpec, conn: Connection) -> int:
             stop.set()  # the parent is gone
 
     loop.add_reader(conn.fileno(), on_message)
-    await stop.wait()
-    loop.remove_reader(conn.fileno())
-    final = _snapshot(edge, steering)
-    steering.close()
-    await edge.stop()
-    with contextlib.suppress(OSError):
-        conn.send(("stopped", final))
-    return 0
+    try:
+        await stop.wait()
+    finally:
+        loop.remove_reader(conn.fileno())
+
+
+def collect_arrivals(conns: list[Connection]) -> list[dict[str, Any]]:
+    """The parent's side: every worker's recorded arrivals (``record_arrivals``), in time order."""
+    out: list[dict[str, Any]] = []
+    for conn in conns:
+        with contextlib.suppress(OSError, EOFError):
+            conn.send("arrivals")
+            while conn.poll(REPLY_TIMEOUT):
+                reply = conn.recv()
+                if reply[0] == "arrivals":
+                    out.extend(reply[1])
+                    break
+    return sorted(out, key=lambda entry: entry["at"])
 
 
 # ------------------------------------------------------------------ the parent
@@ -468,7 +491,7 @@ class WorkerPool:
         child.close()
         self.processes.append(process)
         self.conns.append(parent)
-        reply = await _receive(parent, START_TIMEOUT)
+        reply = await receive_reply(parent, START_TIMEOUT)
         if reply is None or reply[0] != "ready":
             text = reply[1] if reply is not None and reply[0] == "error" else "did not start"
             raise OSError(f"worker {spec.index}: {text}")
@@ -495,16 +518,7 @@ class WorkerPool:
 
     def arrivals(self) -> list[dict[str, Any]]:
         """What reached every worker's listeners so far (``record_arrivals``; empty otherwise), in time order."""
-        out: list[dict[str, Any]] = []
-        for conn in self.conns:
-            with contextlib.suppress(OSError, EOFError):
-                conn.send("arrivals")
-                while conn.poll(REPLY_TIMEOUT):
-                    reply = conn.recv()
-                    if reply[0] == "arrivals":
-                        out.extend(reply[1])
-                        break
-        return sorted(out, key=lambda entry: entry.get("at", 0.0))
+        return collect_arrivals(self.conns)
 
     def av_edges(self, node: str, interface: str) -> list[tuple[str, str, AvEdgeServer]]:
         """The ``Sources.av_edges`` entries: one per worker, the relay pools (summed) on the first."""
@@ -531,7 +545,7 @@ class WorkerPool:
             with contextlib.suppress(OSError):
                 conn.send("stop")
         for index, (process, conn) in enumerate(zip(self.processes, self.conns, strict=True)):
-            reply = await _receive(conn, REPLY_TIMEOUT) if process.is_alive() else None
+            reply = await receive_reply(conn, REPLY_TIMEOUT) if process.is_alive() else None
             if reply is not None and reply[0] == "stopped" and index < len(self.last):
                 self.last[index] = reply[1]
             await asyncio.get_running_loop().run_in_executor(None, process.join, REPLY_TIMEOUT)
@@ -586,7 +600,7 @@ def _probe(host: str, port: int, kind: socket.SocketKind) -> None:
             raise OSError(error.errno, f"{what} {host}:{port}: {error.strerror or error}") from None
 
 
-async def _receive(conn: Connection, timeout: float) -> Any:
+async def receive_reply(conn: Connection, timeout: float) -> Any:
     """The next message on ``conn`` (skipping metrics replies), or None after ``timeout`` or at EOF."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
