@@ -90,3 +90,36 @@ def test_validated_nonces_do_not_pile_up_with_client_churn() -> None:
     assert held <= len(hosts) * (lifetime // 10 + 1) + 8, held
     stale = auth.make_nonce(hosts[0], now - 2 * lifetime)
     assert not auth.nonce_valid(stale, hosts[0], now)  # expired: still refused
+
+
+async def test_a_long_signed_in_user_keeps_a_bounded_inbox_of_unread_requests(shipped_scenario: Scenario) -> None:
+    """A callee signed in for the whole soak is sent INVITE, ACK and BYE for every call; nobody reads them back
+    (``next_request``). Its client keeps the newest INBOX_LIMIT, not every request of every call (the soak's
+    per-call growth, found by tracemalloc: five requests kept per call)."""
+    from simulator.net.clients.call import SipCall
+    from simulator.net.clients.sip_client import INBOX_LIMIT
+
+    calls = 40  # 3 requests each reach the callee: 120 > the limit
+    sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=s\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\n"
+    async with Lab(shipped_scenario) as lab:
+        accounts = user_accounts(lab)
+        async with remote_user_session(lab, "edge1", index=0, timeout=5) as alice, \
+                remote_user_session(lab, "edge2", index=1, timeout=5) as bob:
+
+            async def on_invite(offer: str, caller: str) -> str:
+                return sdp
+
+            async def on_bye(caller: str) -> None:
+                return None
+
+            bob.client.on_invite, bob.client.on_bye = on_invite, on_bye  # a callee's client, as in the calls phase
+            for _ in range(calls):
+                call = await SipCall.invite(alice.client, accounts[1].aor, sdp, 5.0, caller_uri=alice.aor)
+                assert (await call.bye(5.0)).status == 200
+            for _ in range(100):  # the last ACK/BYE are answered before they are kept
+                if bob.client.inbox.qsize() + bob.client.inbox_dropped >= 3 * calls:
+                    break
+                await asyncio.sleep(0.01)
+            assert bob.client.inbox.qsize() == INBOX_LIMIT
+            assert bob.client.inbox_dropped == 3 * calls - INBOX_LIMIT
+            assert (await bob.client.next_request("BYE", 1.0)).method == "BYE"  # the newest are the ones kept

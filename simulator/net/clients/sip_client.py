@@ -5,7 +5,8 @@
 returns its final response (provisional ones are skipped; RFC 3261 §17.1 over a reliable transport needs no
 retransmission) or fails when the request's own timeout — the element's response deadline — passes; requests
 arriving from the far end (NOTIFY, MESSAGE, BYE …) are answered 200 through their server transactions and kept
-in :attr:`SipClient.inbox`. One timer handle per client, at the element's ``get_timer()``, and one clock, the
+in :attr:`SipClient.inbox` (the newest :data:`INBOX_LIMIT`: a long-signed-in user nobody reads for kept every
+request of every call). One timer handle per client, at the element's ``get_timer()``, and one clock, the
 event loop's. :meth:`SipClient.connect` takes every address of a
 DNS-load-balanced name and tries them in the order a :class:`~simulator.core.dns_policy.ResolverPolicy`
 gives, reporting failures to it (a Lync client goes on to the next address, a legacy one does not).
@@ -64,6 +65,9 @@ TlsOpener = Callable[[str], Awaitable[tuple[asyncio.StreamReader, asyncio.Stream
 """Opens a TLS connection to one address (port, context and name bound by the caller)."""
 
 
+INBOX_LIMIT = 64  # unread requests from the far end a client keeps (the newest)
+
+
 @dataclass
 class ConnectAttempt:
     address: str
@@ -78,7 +82,8 @@ class SipClient:
         self.connection = connection
         self.rng = rng
         self.attempts: list[ConnectAttempt] = []
-        self.inbox: asyncio.Queue[SipRequest] = asyncio.Queue()
+        self.inbox: asyncio.Queue[SipRequest] = asyncio.Queue(INBOX_LIMIT)
+        self.inbox_dropped = 0  # the oldest unread requests let go for newer ones
         self._loop = asyncio.get_running_loop()
         self._core: SipElement[SipConnection, asyncio.Future[SipResponse]] = SipElement(
             rng, response_timeout=DEFAULT_TIMEOUT, report_provisional=True)
@@ -228,11 +233,19 @@ class SipClient:
                     self._spawn(self._answer(event))  # the callback may take its time; the reader goes on
                 else:
                     core.respond(event.key, make_response(event.request, 200, to_tag=new_tag(self.rng)), now)
-                self.inbox.put_nowait(event.request)
+                self._keep(event.request)
             elif isinstance(event, StrayAck):
-                self.inbox.put_nowait(event.request)
+                self._keep(event.request)
             elif not event.context.done():
                 event.context.set_exception(self._failure(event))
+
+    def _keep(self, request: SipRequest) -> None:
+        """Keep ``request`` for :meth:`next_request`, letting the oldest unread one go when the inbox is full."""
+        inbox = self.inbox
+        if inbox.full():
+            inbox.get_nowait()
+            self.inbox_dropped += 1
+        inbox.put_nowait(request)
 
     def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
         task = self._loop.create_task(coroutine)
