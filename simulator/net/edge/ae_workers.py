@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simulator.net.edge.access_edge import AccessEdge, AccessEdgeConfig, EdgeContexts
-from simulator.net.edge.workers import collect_arrivals, receive_reply, serve_parent
+from simulator.net.edge.workers import collect_arrivals, collect_snapshots, receive_reply, serve_parent
 from simulator.net.transport.arrivals import ArrivalLog, start_recording
 from simulator.net.transport.listener import AsyncioStream
 from simulator.net.transport.resolver import StubResolver
@@ -375,19 +375,7 @@ class AccessEdgeWorkers:
         """Every worker's counters now (the last ones known for a worker that does not answer)."""
         if not self._running:
             return list(self.last)
-        out: list[Snapshot] = []
-        for index, conn in enumerate(self.conns):
-            snap: Snapshot | None = None
-            with contextlib.suppress(OSError, EOFError):
-                conn.send("metrics")
-                if conn.poll(REPLY_TIMEOUT):
-                    reply = conn.recv()
-                    if reply[0] in ("metrics", "stopped"):
-                        snap = reply[1]
-            if snap is None and index < len(self.last):
-                snap = self.last[index]
-            if snap is not None:
-                out.append(snap)
+        out = collect_snapshots(self.conns, self.last)
         if len(out) == len(self.conns):
             self.last = out
         return out

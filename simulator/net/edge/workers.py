@@ -47,7 +47,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from simulator.core.nat import StaticNat, StaticNatConfig
 from simulator.core.ports import PoolMetrics
@@ -57,6 +57,8 @@ from simulator.net.transport.arrivals import ArrivalLog, start_recording
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
+
+SnapshotT = TypeVar("SnapshotT")
 
 START_TIMEOUT = 60.0  # a spawned worker imports the simulator: seconds on a loaded machine
 REPLY_TIMEOUT = 10.0
@@ -378,6 +380,24 @@ async def serve_parent(conn: Connection, snapshot: Callable[[], Any], arrivals: 
         loop.remove_reader(conn.fileno())
 
 
+def collect_snapshots(conns: list[Connection], last: list[SnapshotT]) -> list[SnapshotT]:
+    """The parent's side: every worker's counters now; a worker that does not answer gives its ``last`` ones."""
+    out: list[SnapshotT] = []
+    for index, conn in enumerate(conns):
+        snap: SnapshotT | None = None
+        with contextlib.suppress(OSError, EOFError):
+            conn.send("metrics")
+            if conn.poll(REPLY_TIMEOUT):
+                reply = conn.recv()
+                if reply[0] in ("metrics", "stopped"):
+                    snap = reply[1]
+        if snap is None and index < len(last):
+            snap = last[index]
+        if snap is not None:
+            out.append(snap)
+    return out
+
+
 def collect_arrivals(conns: list[Connection]) -> list[dict[str, Any]]:
     """The parent's side: every worker's recorded arrivals (``record_arrivals``), in time order."""
     out: list[dict[str, Any]] = []
@@ -499,19 +519,7 @@ class WorkerPool:
 
     def snapshots(self) -> list[Snapshot]:
         """Every worker's counters now (the last ones known for a worker that does not answer)."""
-        out: list[Snapshot] = []
-        for index, conn in enumerate(self.conns):
-            snap: Snapshot | None = None
-            with contextlib.suppress(OSError, EOFError):
-                conn.send("metrics")
-                if conn.poll(REPLY_TIMEOUT):
-                    reply = conn.recv()
-                    if reply[0] in ("metrics", "stopped"):
-                        snap = reply[1]
-            if snap is None and index < len(self.last):
-                snap = self.last[index]
-            if snap is not None:
-                out.append(snap)
+        out = collect_snapshots(self.conns, self.last)
         if len(out) == len(self.conns):
             self.last = out
         return out
