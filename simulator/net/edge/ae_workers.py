@@ -51,7 +51,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simulator.net.edge.access_edge import AccessEdge, AccessEdgeConfig, EdgeContexts
-from simulator.net.edge.workers import collect_arrivals, collect_snapshots, receive_reply, serve_parent
+from simulator.net.edge.workers import (
+    collect_arrivals,
+    collect_snapshots,
+    receive_reply,
+    serve_parent,
+    stop_workers,
+)
 from simulator.net.transport.arrivals import ArrivalLog, start_recording
 from simulator.net.transport.listener import AsyncioStream
 from simulator.net.transport.resolver import StubResolver
@@ -406,19 +412,6 @@ class AccessEdgeWorkers:
         await self._stop_processes()
 
     async def _stop_processes(self) -> None:
-        for conn in self.conns:
-            with contextlib.suppress(OSError):
-                conn.send("stop")
-        for index, (process, conn) in enumerate(zip(self.processes, self.conns, strict=True)):
-            reply = await receive_reply(conn, REPLY_TIMEOUT) if process.is_alive() else None
-            if reply is not None and reply[0] == "stopped" and index < len(self.last):
-                self.last[index] = reply[1]
-            await asyncio.get_running_loop().run_in_executor(None, process.join, REPLY_TIMEOUT)
-            if process.is_alive():
-                process.kill()
-                process.join()
-            conn.close()
-        self.processes.clear()
-        self.conns.clear()
+        await stop_workers(self.processes, self.conns, self.last)
 
 

@@ -398,6 +398,25 @@ def collect_snapshots(conns: list[Connection], last: list[SnapshotT]) -> list[Sn
     return out
 
 
+async def stop_workers(processes: list[BaseProcess], conns: list[Connection], last: list[Any]) -> None:
+    """The parent's side: tell every worker to stop, keep the final counters each sends back in ``last``, wait
+    for (or kill) the processes, then forget them."""
+    for conn in conns:
+        with contextlib.suppress(OSError):
+            conn.send("stop")
+    for index, (process, conn) in enumerate(zip(processes, conns, strict=True)):
+        reply = await receive_reply(conn, REPLY_TIMEOUT) if process.is_alive() else None
+        if reply is not None and reply[0] == "stopped" and index < len(last):
+            last[index] = reply[1]
+        await asyncio.get_running_loop().run_in_executor(None, process.join, REPLY_TIMEOUT)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        conn.close()
+    processes.clear()
+    conns.clear()
+
+
 def collect_arrivals(conns: list[Connection]) -> list[dict[str, Any]]:
     """The parent's side: every worker's recorded arrivals (``record_arrivals``), in time order."""
     out: list[dict[str, Any]] = []
@@ -549,20 +568,7 @@ class WorkerPool:
             for index, snap in enumerate(snaps))
 
     async def stop(self) -> None:
-        for conn in self.conns:
-            with contextlib.suppress(OSError):
-                conn.send("stop")
-        for index, (process, conn) in enumerate(zip(self.processes, self.conns, strict=True)):
-            reply = await receive_reply(conn, REPLY_TIMEOUT) if process.is_alive() else None
-            if reply is not None and reply[0] == "stopped" and index < len(self.last):
-                self.last[index] = reply[1]
-            await asyncio.get_running_loop().run_in_executor(None, process.join, REPLY_TIMEOUT)
-            if process.is_alive():
-                process.kill()
-                process.join()
-            conn.close()
-        self.processes.clear()
-        self.conns.clear()
+        await stop_workers(self.processes, self.conns, self.last)
 
 
 class AvEdgeWorkers:
