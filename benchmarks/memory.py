@@ -115,7 +115,8 @@ def start_access_edge(workdir: Path) -> tuple[subprocess.Popen[bytes], str, int,
     log_path = workdir / "access-edge.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [str(turnpeers.EDGESIM), "serve", "access-edge", str(scenario), "--pki-out", str(workdir / "pki")],
+            [str(turnpeers.EDGESIM), "serve", "access-edge", str(scenario), "--pki-out", str(workdir / "pki"),
+             "--workers", "1"],  # every session in the one process whose RSS is read
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
     deadline = time.monotonic() + 60

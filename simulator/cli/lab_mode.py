@@ -26,6 +26,7 @@ from simulator.cli.serve import (
     lab_worker_sources,
     observed,
     run_until_stopped,
+    stop_signals,
     wait_for_stop,
     worker_count,
     worker_lines,
@@ -148,13 +149,13 @@ def add_lab_serve_parsers(serve: argparse._SubParsersAction[argparse.ArgumentPar
         parser.add_argument("--pki", required=True, metavar="DIR", help="the lab PKI written by `edgesim certs`")
         if side == "edge":
             parser.add_argument("--node", required=True, help="which pool node this host is")
-            parser.add_argument("--workers", type=worker_count, default=1, metavar="N",
+            parser.add_argument("--workers", type=worker_count, default=None, metavar="N",
                                 help="serve the node's Access Edge (TLS 443, MTLS 5061 external and internal) and "
                                 "each of its A/V Edge interfaces (TURN 3478/UDP, 443/TCP; the relay range halved "
                                 "between the interfaces and sliced per worker) with N processes each, sharing "
                                 "the ports (SO_REUSEPORT); Web Conferencing, MRAS 5062, XMPP and the management "
-                                "listeners stay single-process, in the parent; 'auto': one per core (default 1: "
-                                "everything in one process)")
+                                "listeners stay single-process, in the parent; 'auto' (the default): one per "
+                                "core, as many as the relay range allows; 1: everything in one process")
         parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
         parser.add_argument("--observations", metavar="FILE",
                             help="write what reached this side (JSON) on exit, and at SIGUSR1")
@@ -170,6 +171,11 @@ async def _serve_side(args: argparse.Namespace) -> int:
     scenario = _scenario(args.scenario)
     node = _node_of(scenario, getattr(args, "node", None), args.side == "edge")
     workers = getattr(args, "workers", 1)
+    if workers is None:  # one per core, as many as the relay range allows (two interfaces per node)
+        from simulator.net.edge.workers import default_workers
+
+        relay = scenario.edge_pool.relay_ports
+        workers = default_workers((relay.last - relay.first + 1) // 2)
     workers = workers if workers > 1 else None
     check_addresses_here(side_addresses(scenario, args.side, node))
     lab = _lab(scenario, _placement(args.side, node, serving=True), args.pki, workers)
@@ -193,34 +199,35 @@ async def _serve_side(args: argparse.Namespace) -> int:
     hosts = sorted({address for address, _what in side_addresses(scenario, args.side, node)})
     collectors = [] if workers is None else [AccessWorkerCollector(lambda: lab)]
     running = False
-    try:
-        # deployed sides sit on real interfaces: --pcap captures on all of them, filtered to this side's addresses
-        async with observed(args, f"serve {args.side}", lambda: lab_worker_sources(lab), hosts, interface="any",
-                            collectors=collectors):
-            try:
-                await lab.start()  # stops what it started when it fails (a worker that cannot listen too)
-            except OSError as error:
-                raise EnvironmentProblem(str(error)) from None
-            running = True
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGUSR1, dump)  # write what arrived so far, keep serving
-            try:
-                if workers is not None:
-                    print(f"{args.side} workers {workers} (access-edge, av-external, av-internal; webconf, mras, "
-                          "xmpp and management in the parent)", flush=True)
-                print(f"{args.side} ready" + (f" node={node}" if node else ""), flush=True)
-                await wait_for_stop(args.duration)
-            finally:
-                loop.remove_signal_handler(signal.SIGUSR1)
-            dump()
-            # leaving ``observed`` prints the summary while the lab still runs; the lab stops below
-        for line in worker_lines(lab, args.side):
-            print(line, flush=True)
-    except EnvironmentProblem as error:
-        raise LabModeError(str(error), EXIT_ENVIRONMENT) from None
-    finally:
-        if running:
-            await lab.stop()
+    with stop_signals() as stop:  # before anything starts: a stop at any time is clean
+        try:
+            # deployed sides sit on real interfaces: --pcap captures on all of them, filtered to this side's addresses
+            async with observed(args, f"serve {args.side}", lambda: lab_worker_sources(lab), hosts, interface="any",
+                                collectors=collectors):
+                try:
+                    await lab.start()  # stops what it started when it fails (a worker that cannot listen too)
+                except OSError as error:
+                    raise EnvironmentProblem(str(error)) from None
+                running = True
+                loop = asyncio.get_running_loop()
+                loop.add_signal_handler(signal.SIGUSR1, dump)  # write what arrived so far, keep serving
+                try:
+                    if workers is not None:
+                        print(f"{args.side} workers {workers} (access-edge, av-external, av-internal; webconf, mras, "
+                              "xmpp and management in the parent)", flush=True)
+                    print(f"{args.side} ready" + (f" node={node}" if node else ""), flush=True)
+                    await wait_for_stop(args.duration, stop)
+                finally:
+                    loop.remove_signal_handler(signal.SIGUSR1)
+                dump()
+                # leaving ``observed`` prints the summary while the lab still runs; the lab stops below
+            for line in worker_lines(lab, args.side):
+                print(line, flush=True)
+        except EnvironmentProblem as error:
+            raise LabModeError(str(error), EXIT_ENVIRONMENT) from None
+        finally:
+            if running:
+                await lab.stop()
     return 0
 
 

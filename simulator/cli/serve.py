@@ -15,7 +15,7 @@ import contextlib
 import gc
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from simulator.cli.argtypes import port_range, user_password
@@ -130,20 +130,35 @@ def run_until_stopped(main: Callable[[], Awaitable[int]]) -> int:
         return 130
 
 
-async def wait_for_stop(duration: float | None) -> None:
-    """Return after ``duration`` seconds (forever when None) or at SIGINT/SIGTERM."""
+@contextlib.contextmanager
+def stop_signals() -> Iterator[asyncio.Event]:
+    """SIGINT/SIGTERM set the event this yields, from now until the block ends.
+
+    Entered before a server starts, so a supervisor that stops it the moment it reads the ready line (or while
+    it starts) gets a clean stop, workers included, not the signal's default death.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), duration)
+        yield stop
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
+
+
+async def wait_for_stop(duration: float | None, stop: asyncio.Event | None = None) -> None:
+    """Return after ``duration`` seconds (forever when None) or at SIGINT/SIGTERM (``stop``, from
+    :func:`stop_signals`; without it, the handlers are installed now)."""
+    if stop is None:
+        with stop_signals() as stop:
+            await wait_for_stop(duration, stop)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), duration)
 
 
 # ------------------------------------------------------------------ serve access-edge
@@ -157,10 +172,10 @@ def add_serve_access_edge(subparsers: argparse._SubParsersAction[argparse.Argume
     parser.add_argument("--node", help="which pool node to announce (default: the first)")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--pki-out", default=None, help="also write the lab PKI here (for peers on other hosts)")
-    parser.add_argument("--workers", type=worker_count, default=1, metavar="N",
+    parser.add_argument("--workers", type=worker_count, default=None, metavar="N",
                         help="serve the node's Access Edge listeners (TLS 443, MTLS 5061 external and internal) with "
                         "N processes sharing the ports (SO_REUSEPORT); the Director, MRAS 5062 and the rest of the "
-                        "lab stay in this process; 'auto': one per core (default 1: one process)")
+                        "lab stay in this process; 'auto' (the default): one per core; 1: everything in one process")
     add_observability(parser, tls=True)
     parser.set_defaults(handler=_cmd_serve_access_edge)
 
@@ -188,34 +203,38 @@ async def _serve_access_edge(args: argparse.Namespace) -> int:
 
     # --workers N (N > 1): the node's Access Edge listeners on N processes from the start (Lab's hook); the other
     # nodes, the Director, MRAS 5062 and the rest of the lab stay in this process.
+    from simulator.net.edge.workers import default_workers
+
+    args.workers = args.workers or default_workers()  # not given: one per core
     access_workers = {node: args.workers} if args.workers > 1 else None
     collectors = [] if access_workers is None else [AccessWorkerCollector(lambda: lab)]
-    try:
-        async with observed(args, "access-edge", sources, prefix, collectors=collectors):
-            try:
-                lab = Lab(scenario, access_workers=access_workers)
-                await lab.start()  # stops what it started when it fails (a worker that cannot listen too)
-            except OSError as error:
-                lab = None
-                raise EnvironmentProblem(str(error)) from None
-            if args.pki_out:
-                lab.pki.write(args.pki_out)
-            address = access_edge_address(lab, node)
-            if access_workers is not None:
-                print(f"access-edge workers {args.workers}", flush=True)
-            print(f"access-edge ready tls={address}:{lab.port_map(SIP_TLS_PORT)} "
-                  f"mtls={address}:{lab.port_map(SIP_MTLS_PORT)}", flush=True)
-            for account in user_accounts(lab):
-                print(f"user {account.aor} password {account.password} from {account.host}", flush=True)
-            await wait_for_stop(args.duration)
-            # leaving ``observed`` prints the summary while the lab still runs; the lab stops below
-        for line in worker_lines(lab, "access-edge"):
-            print(line, flush=True)
-    except EnvironmentProblem as error:
-        return _environment_error("access-edge", error)
-    finally:
-        if lab is not None:
-            await lab.stop()  # the workers too: they are one of the node's services
+    with stop_signals() as stop:  # before anything starts: a stop at any time is clean
+        try:
+            async with observed(args, "access-edge", sources, prefix, collectors=collectors):
+                try:
+                    lab = Lab(scenario, access_workers=access_workers)
+                    await lab.start()  # stops what it started when it fails (a worker that cannot listen too)
+                except OSError as error:
+                    lab = None
+                    raise EnvironmentProblem(str(error)) from None
+                if args.pki_out:
+                    lab.pki.write(args.pki_out)
+                address = access_edge_address(lab, node)
+                if access_workers is not None:
+                    print(f"access-edge workers {args.workers}", flush=True)
+                print(f"access-edge ready tls={address}:{lab.port_map(SIP_TLS_PORT)} "
+                      f"mtls={address}:{lab.port_map(SIP_MTLS_PORT)}", flush=True)
+                for account in user_accounts(lab):
+                    print(f"user {account.aor} password {account.password} from {account.host}", flush=True)
+                await wait_for_stop(args.duration, stop)
+                # leaving ``observed`` prints the summary while the lab still runs; the lab stops below
+            for line in worker_lines(lab, "access-edge"):
+                print(line, flush=True)
+        except EnvironmentProblem as error:
+            return _environment_error("access-edge", error)
+        finally:
+            if lab is not None:
+                await lab.stop()  # the workers too: they are one of the node's services
     return 0
 
 
@@ -314,9 +333,10 @@ def add_serve_av_edge(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument("--max-allocations", type=int, help="total allocation quota (486 beyond)")
     p.add_argument("--user-quota", type=int, help="allocations per username (486 beyond)")
     p.add_argument("--seed", type=int, help="seed for nonces, ports and connection IDs (default: random)")
-    p.add_argument("--workers", type=worker_count, default=1, metavar="N",
+    p.add_argument("--workers", type=worker_count, default=None, metavar="N",
                    help="serve with N processes sharing the listening ports (SO_REUSEPORT), each with its own "
-                   "slice of the relay range; 'auto': one per core (default 1: one process)")
+                   "slice of the relay range; 'auto' (the default): one per core, at most one per relay port; "
+                   "1: one process")
     add_observability(p, tls=False)
     p.set_defaults(handler=_cmd_serve_av_edge)
 
@@ -333,7 +353,11 @@ def worker_count(text: str) -> int:
 
 async def serve_av_edge(args: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM; print the ready line once listening."""
-    if getattr(args, "workers", 1) > 1:
+    from simulator.net.edge.workers import default_workers
+
+    if args.workers is None:  # one per core, as many as the relay range has ports for
+        args.workers = default_workers(args.relay_range[1] - args.relay_range[0] + 1)
+    if args.workers > 1:
         return await serve_av_edge_workers(args)
     from simulator.core.credentials import CredentialStore
     from simulator.net.edge.av_edge import AvEdgeServer
@@ -408,23 +432,24 @@ async def serve_av_edge_workers(args: argparse.Namespace) -> int:
     def sources() -> Sources:
         return Sources(av_edges=pool.av_edges(args.public, args.listen) if started else [])
 
-    try:
-        async with observed(args, "av-edge", sources, hosts):
-            try:
-                await pool.start()
-            except OSError as error:
-                raise EnvironmentProblem(str(error)) from None
-            started = True
-            sys.stdout.write(f"av-edge workers {args.workers} relay {pool.slices()}\n"
-                             f"av-edge ready udp={args.listen}:{pool.udp_port} tcp={args.listen}:{pool.tcp_port}\n")
-            sys.stdout.flush()
-            await wait_for_stop(None)
-        print(f"av-edge {pool.describe()}", flush=True)
-    except EnvironmentProblem as error:
-        return _environment_error("av-edge", error)
-    finally:
-        started = False
-        await pool.stop()
+    with stop_signals() as stop:  # before anything starts: a stop at any time is clean
+        try:
+            async with observed(args, "av-edge", sources, hosts):
+                try:
+                    await pool.start()
+                except OSError as error:
+                    raise EnvironmentProblem(str(error)) from None
+                started = True
+                sys.stdout.write(f"av-edge workers {args.workers} relay {pool.slices()}\n"
+                                 f"av-edge ready udp={args.listen}:{pool.udp_port} tcp={args.listen}:{pool.tcp_port}\n")
+                sys.stdout.flush()
+                await wait_for_stop(None, stop)
+                print(f"av-edge {pool.describe()}", flush=True)  # per worker; the merged summary line comes last
+        except EnvironmentProblem as error:
+            return _environment_error("av-edge", error)
+        finally:
+            started = False
+            await pool.stop()
     return 0
 
 

@@ -356,7 +356,7 @@ async def cli_server(host: str, *extra: str) -> AsyncIterator[tuple[Address, Add
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "simulator.cli", "serve", "av-edge", "--listen", host, "--public", host,
         "--udp-port", "0", "--tcp-port", "0", "--relay-range", "53000-53199", "--user", "u:p", "--realm", "lab",
-        "--seed", "5", *extra, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        "--seed", "5", "--workers", "1", *extra, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode()

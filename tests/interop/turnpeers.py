@@ -295,6 +295,7 @@ def start_edgesim(
         "--udp-port", str(udp), "--tcp-port", str(tcp), "--relay-range", f"{relay_range[0]}-{relay_range[1]}",
         "--user", f"{user}:{password}", "--realm", realm,
         *(["--relay-bind", relay_bind] if relay_bind else []),
+        "--workers", "1",  # one process unless ``extra`` asks for more (argparse: the last one given counts)
         *extra,
     ]
     process = PeerProcess("edgesim", argv, workdir / f"edgesim-{udp}.log", cwd=ROOT)

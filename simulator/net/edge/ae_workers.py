@@ -399,7 +399,7 @@ class AccessEdgeWorkers:
 
     def describe(self) -> str:
         """One line: per worker, TLS connections accepted on 443, flows open, requests handed out and in."""
-        snaps = self.last or self.snapshots()
+        snaps = self.snapshots()
         return "workers " + " ".join(
             f"w{index}(tls443={snap.listeners['sip-443'].accepted} flows={snap.flows} "
             f"handed_out={snap.handed_out} handed_in={snap.handed_in})" for index, snap in enumerate(snaps))

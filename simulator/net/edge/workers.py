@@ -537,7 +537,10 @@ class WorkerPool:
         return int(reply[1]), int(reply[2])
 
     def snapshots(self) -> list[Snapshot]:
-        """Every worker's counters now (the last ones known for a worker that does not answer)."""
+        """Every worker's counters now (the last ones known for a worker that does not answer; once stopped, the
+        final ones each sent back)."""
+        if not self.conns:
+            return list(self.last)
         out = collect_snapshots(self.conns, self.last)
         if len(out) == len(self.conns):
             self.last = out
@@ -561,7 +564,7 @@ class WorkerPool:
 
     def describe(self) -> str:
         """One line per-worker: allocations, relay sockets and RFC 6062 hand-overs."""
-        snaps = self.last or self.snapshots()
+        snaps = self.snapshots()
         return "workers " + " ".join(
             f"w{index}(allocations={snap.metrics.allocations_created} active={snap.allocations_active} "
             f"relays={snap.relay_sockets} handed_out={snap.handed_out} adopted={snap.adopted})"
@@ -640,10 +643,24 @@ def _wake(ready: asyncio.Future[None]) -> None:
         ready.set_result(None)
 
 
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity: ``taskset`` and cgroup cpusets count), at least 1."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity API on this platform
+        return os.cpu_count() or 1
+
+
+def default_workers(most: int | None = None) -> int:
+    """What ``--workers`` means when not given: one per core, at most ``most`` (what the relay range allows)."""
+    count = cores()
+    return max(1, count if most is None else min(count, most))
+
+
 def parse_workers(text: str) -> int:
     """``--workers N`` or ``auto`` (one per core)."""
     if text == "auto":
-        return os.cpu_count() or 1
+        return cores()
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"bad worker count {text!r} (want a number >= 1 or 'auto')")
     return int(text)

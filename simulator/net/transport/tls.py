@@ -39,9 +39,16 @@ _keylog_file: str | None = os.environ.get("SSLKEYLOGFILE") or None
 
 
 def set_keylog_file(path: str | os.PathLike[str] | None) -> None:
-    """Make every client and server context built from now on append its TLS secrets to ``path`` (None: stop)."""
+    """Make every client and server context built from now on append its TLS secrets to ``path`` (None: stop).
+
+    Set as SSLKEYLOGFILE too, so the worker processes started from now on (``--workers``) write the same file.
+    """
     global _keylog_file
     _keylog_file = None if path is None else os.fspath(path)
+    if _keylog_file is None:
+        os.environ.pop("SSLKEYLOGFILE", None)
+    else:
+        os.environ["SSLKEYLOGFILE"] = _keylog_file
 
 
 def keylog_file() -> str | None:
