@@ -14,10 +14,7 @@ The lab (the shipped scenario, in ``--prefix``/16) runs in this process. For ``-
   (as users do) and sign out at the end; each call's record is judged (ICE connected, media completed) and
   dropped.
 
-Every ``--sample`` seconds: this process's VmRSS (after glibc's ``malloc_trim(0)``, and just before it:
-``--trim``, the default; fragmentation leaves freed heap in the process that nothing live holds, and reading
-RSS after the trim measures what it holds — tests/perf/test_soak4_release.py and RESULTS.md say why), open file
-descriptors (/proc/self/fd), relay sockets and
+Every ``--sample`` seconds: this process's VmRSS, open file descriptors (/proc/self/fd), relay sockets and
 allocations on the A/V Edges, the client NATs' mapped-port UDP sockets, and the entries/bytes of the SIP
 parse caches (``functools.lru_cache`` in simulator/wire). Baseline: after one warm-up allocation, sign-in
 and call, with the SIP parse caches filled to their size (``prefill_caches``: bounded caches filling look
@@ -35,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
-import ctypes.util
 import dataclasses
 import enum
 import gc
@@ -83,32 +78,6 @@ def rss_kib() -> int:
     return 0
 
 
-def _malloc_trim() -> Any:
-    """glibc's ``malloc_trim`` (None elsewhere): hands the heap's free pages back to the system."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-MALLOC_TRIM = _malloc_trim()
-
-
-def trimmed_rss_kib() -> tuple[int, int]:
-    """(VmRSS after ``malloc_trim(0)``, VmRSS just before it), KiB; without glibc both are the plain VmRSS.
-
-    CPython's allocators keep freed memory: glibc's heap grows with fragmentation and pymalloc keeps arenas, so
-    RSS steps up by whole free runs that nothing live holds. Trimming before each reading makes the figure
-    what the process holds (pymalloc's arenas included), so a slope is live growth, not the allocator's steps.
-    """
-    before = rss_kib()
-    if MALLOC_TRIM is None:
-        return before, before
-    MALLOC_TRIM(0)
-    return rss_kib(), before
-
-
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -128,7 +97,6 @@ class Sample:
     cache_kib: int = 0  # what they hold (cache_bytes)
     nat_sockets: int = 0  # mapped-port UDP sockets the client NAT boxes hold (they go when the binding expires)
     pooled: int = 0  # server-to-server SIP connections the lab's proxies keep for reuse (Edge <-> Director)
-    untrimmed_kib: int = 0  # VmRSS just before malloc_trim (with --trim; rss_kib is after it)
 
 
 @dataclass
@@ -144,7 +112,6 @@ class SoakResult:
     rss_slope_kib_s: float = 0.0  # least-squares slope of RSS over the samples after warm-up
     rss_slope_first_kib_s: float = 0.0  # ... over the first half of those samples
     rss_slope_second_kib_s: float = 0.0  # ... over the second half (the verdict's rate)
-    untrimmed_slope_second_kib_s: float = 0.0  # the same, of VmRSS before malloc_trim (--trim)
     cache_full_at: float | None = None  # when the wire parse caches stopped growing (None: never)
     problems: list[str] = field(default_factory=list)
     trace_top: list[str] = field(default_factory=list)
@@ -157,8 +124,7 @@ class SoakResult:
         return {"ok": self.ok, "problems": self.problems, "errors": self.errors, "allocs_ok": self.allocs_ok,
                 "signins_ok": self.signins_ok, "calls_ok": self.calls_ok, "rss_growth_kib": self.rss_growth_kib,
                 "rss_slope_kib_s": self.rss_slope_kib_s, "rss_slope_first_kib_s": self.rss_slope_first_kib_s,
-                "rss_slope_second_kib_s": self.rss_slope_second_kib_s,
-                "untrimmed_slope_second_kib_s": self.untrimmed_slope_second_kib_s, "cache_full_at": self.cache_full_at,
+                "rss_slope_second_kib_s": self.rss_slope_second_kib_s, "cache_full_at": self.cache_full_at,
                 "baseline": vars(self.baseline), "final": vars(self.final) if self.final else None,
                 "samples": [vars(s) for s in self.samples]}
 
@@ -351,7 +317,7 @@ def halves(samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
 async def soak(lab: Lab, *, duration: float, alloc_rate: float, hold: float, signin_rate: float,
                warmup: float, sample_every: float, rss_tolerance_mib: float, drain: float = 15.0,
                seed: int = 2013, echo: bool = True, trace_frames: int = 0, call_rate: float = 0.0,
-               max_slope_kib_s: float | None = None, prefill: bool = True, trim: bool = False) -> SoakResult:
+               max_slope_kib_s: float | None = None, prefill: bool = True) -> SoakResult:
     """Run the churn on a started lab and judge it (see the module docstring)."""
     edges = av_edges(lab)
     boxes = nat_boxes(lab)
@@ -401,13 +367,12 @@ async def soak(lab: Lab, *, duration: float, alloc_rate: float, hold: float, sig
     gc.collect()
 
     def sample(t: float, shard: LoadShard | None) -> Sample:
-        rss, untrimmed = trimmed_rss_kib() if trim else (rss_kib(), 0)
-        return Sample(round(t, 1), rss, open_fds(), relay_sockets(edges),
+        return Sample(round(t, 1), rss_kib(), open_fds(), relay_sockets(edges),
                       sum(edge.core.allocation_count for edge in edges), shard.result.ok if shard else 0,
                       counts["signins"],
                       sum(errors.values()) + (shard.result.failed + shard.result.release_failed if shard else 0),
                       calls.ok if calls else 0, cache_entries(caches), cache_bytes(caches) // 1024,
-                      sum(len(box._public) for box in boxes), pooled_connections(), untrimmed)
+                      sum(len(box._public) for box in boxes), pooled_connections())
 
     result = SoakResult(baseline=sample(0.0, None))
     if trace_frames:
@@ -521,9 +486,6 @@ async def soak(lab: Lab, *, duration: float, alloc_rate: float, hold: float, sig
     result.rss_slope_kib_s = rss_slope(after_warmup)
     first_half, second_half = halves(after_warmup)
     result.rss_slope_first_kib_s, result.rss_slope_second_kib_s = rss_slope(first_half), rss_slope(second_half)
-    if trim:
-        result.untrimmed_slope_second_kib_s = rss_slope(
-            [dataclasses.replace(s, rss_kib=s.untrimmed_kib) for s in second_half])
     full = [s for s in result.samples if s.cache_entries == result.samples[-1].cache_entries] \
         if result.samples else []
     if result.samples and len(full) < len(result.samples):
@@ -583,7 +545,7 @@ async def run(args: argparse.Namespace) -> SoakResult:
                           rss_tolerance_mib=args.rss_tolerance_mib, seed=args.seed,
                           trace_frames=args.tracemalloc, call_rate=args.call_rate,
                           max_slope_kib_s=None if args.max_slope is None or args.max_slope < 0 else args.max_slope,
-                          prefill=not args.no_prefill, trim=args.trim)
+                          prefill=not args.no_prefill)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -604,10 +566,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-slope", type=float, default=5.0, metavar="KIB_S",
                         help="the most RSS may grow per second over the second half of the run after warm-up "
                              "(least squares); -1: judge total growth against --rss-tolerance-mib instead")
-    parser.add_argument("--trim", action=argparse.BooleanOptionalAction, default=True,
-                        help="read RSS after glibc's malloc_trim(0) at each sample (default), so the slope is what "
-                        "the process holds rather than free heap the allocator keeps; the slope of VmRSS just "
-                        "before each trim is reported too")
     parser.add_argument("--prefix", default="127.87", help="the lab's loopback /16")
     parser.add_argument("--seed", type=int, default=2013)
     parser.add_argument("--relay-ports", metavar="FIRST-LAST", default="50000-50999",
@@ -634,8 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{began}, {platform.machine()} x{os.cpu_count()}, Python {platform.python_version()}; "
           f"{result.allocs_ok} allocations, {result.signins_ok} sign-ins in {args.duration:.0f} s; "
           f"RSS growth after {args.warmup:.0f} s warm-up: {result.rss_growth_kib} KiB "
-          f"(slope {result.rss_slope_kib_s} KiB/s; second half {result.rss_slope_second_kib_s} KiB/s"
-          + (f", before each malloc_trim {result.untrimmed_slope_second_kib_s} KiB/s)" if args.trim else ")"))
+          f"(slope {result.rss_slope_kib_s} KiB/s)")
     if result.trace_top:
         print("\ntracemalloc, growth after warm-up by traceback (top 15):")
         print("\n".join(result.trace_top))
