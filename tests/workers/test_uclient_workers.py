@@ -24,6 +24,7 @@ PEER_HOST = f"127.83.{_NET}.121"
 CLIENT_HOSTS = {"tcp-relay": f"127.83.{_NET}.131", "udp": f"127.83.{_NET}.132"}
 _FIRST = 40000 + 400 * random.Random().randrange(0, 40)
 CLIENTS, MESSAGES = 10, 20
+_RETRIED_437 = re.compile(r"error 437 \(Allocation Mismatch\)|trying allocate again 437")
 
 
 def test_uclient_through_two_workers(tmp_path: Path) -> None:
@@ -54,7 +55,11 @@ def test_uclient_through_two_workers(tmp_path: Path) -> None:
         context = f"{transport}:\n{result.output[-3000:]}"
         expected = turnpeers.expected_uclient_messages(transport, CLIENTS, MESSAGES)
         assert result.returncode == 0, context
-        assert result.error_lines == (), context
+        # RFC 8656 §7.2: an Allocate on a 5-tuple that has one is answered 437; uclient then reopens its socket and
+        # allocates again (coturn's uclient: "trying allocate again"), seen once under a loaded machine. That is
+        # the client's designed recovery, not a fault: every message must still come back below.
+        errors = [line for line in result.error_lines if not _RETRIED_437.search(line)]
+        assert errors == [], context
         assert (result.sent, result.received) == (expected, expected), context
         assert (result.lost, result.send_dropped) == (0, 0), context
     log = server.process.log_text()
