@@ -171,11 +171,11 @@ async def _serve_side(args: argparse.Namespace) -> int:
     scenario = _scenario(args.scenario)
     node = _node_of(scenario, getattr(args, "node", None), args.side == "edge")
     workers = getattr(args, "workers", 1)
-    if workers is None:  # one per core, as many as the relay range allows (two interfaces per node)
+    if workers is None:  # one per core, as many as the relay range allows
+        from simulator.lab.av import most_av_workers
         from simulator.net.edge.workers import default_workers
 
-        relay = scenario.edge_pool.relay_ports
-        workers = default_workers((relay.last - relay.first + 1) // 2)
+        workers = default_workers(most_av_workers(scenario))
     workers = workers if workers > 1 else None
     check_addresses_here(side_addresses(scenario, args.side, node))
     lab = _lab(scenario, _placement(args.side, node, serving=True), args.pki, workers)

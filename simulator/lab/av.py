@@ -65,12 +65,18 @@ PEER_TCP_MEDIA_PORT = 50600
 PEER_UDP_MEDIA_PORT = 50600  # where a partner's client takes RTP over UDP (E11, E13: not its Edge's 3478)
 
 
+def most_av_workers(scenario: Scenario) -> int:
+    """The most A/V workers per interface ``scenario``'s relay range can slice: each worker owns at least one port
+    of its interface's half of the range (two interfaces per node)."""
+    return (scenario.edge_pool.relay_ports.last - scenario.edge_pool.relay_ports.first + 1) // 2
+
+
 def av_workers_problem(scenario: Scenario, count: int) -> str | None:
     """Why ``count`` A/V workers per interface cannot run ``scenario`` (None: they can)."""
     first, last = scenario.edge_pool.relay_ports.first, scenario.edge_pool.relay_ports.last
     if count < 1:
         return "want 1 or more worker processes per A/V Edge interface"
-    if 2 * count > last - first + 1:
+    if count > most_av_workers(scenario):
         return (f"{count} workers per interface need at least {2 * count} relay ports (two interfaces per node), "
                 f"the scenario's range {first}-{last} has {last - first + 1}")
     return None
