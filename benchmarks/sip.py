@@ -11,6 +11,8 @@ Measured in one run on this machine:
 
 Every run is bounded (``-m`` calls or a duration, plus timeouts). The last line is one JSON object with
 ``register_ratio`` and ``message_ratio`` = (SIPp through the Access Edge) ÷ (SIPp direct), transactions/s.
+Beside them, ``*_ratio_same_scenario``: the same SIPp scenario against a SIPp UAS that plays the Edge and the
+Director (``benchmarks/sipp/*_uas.xml``, nothing verified) — SIPp's own rate for that exchange, no Edge.
 Usage: ``python benchmarks/sip.py [--calls N] [--seconds S] [--runs R] [--one-process] [--profile FILE]``.
 
 By default (``--split``) the Access Edge is the only thing this process runs: the Director (Front End
@@ -64,6 +66,7 @@ SEED = 2013
 CPU_KEYS = ("edge_cpu_us_register", "edge_cpu_us_message", "director_cpu_us_register", "director_cpu_us_message")
 LOOP = ["asyncio"]  # the event loop every process of one invocation runs (--loop)
 THIS = str(Path(__file__).resolve())
+BENCH_SIPP = Path(__file__).resolve().parent / "sipp"  # the direct counterparts of the through-Edge scenarios
 
 
 def _rate(run: SippRun, transactions_per_call: int) -> float:
@@ -72,23 +75,40 @@ def _rate(run: SippRun, transactions_per_call: int) -> float:
     return run.successful * transactions_per_call / run.elapsed
 
 
-async def sipp_direct(calls: int, folder: Path) -> tuple[float, float]:
-    """(transactions/s, the SIPp UAS's CPU µs per transaction: the server side's cost, as ``edge_cpu_us_*``)."""
+async def sipp_direct(calls: int, folder: Path, scenario: str = "invite") -> tuple[float, float]:
+    """(transactions/s, the SIPp UAS's CPU µs per transaction: the server side's cost, as ``edge_cpu_us_*``).
+
+    ``scenario`` "invite": SIPp's built-in uac → uas (INVITE+BYE, the figure the ratios are taken against);
+    "register" / "message": the through-Edge scenario against a SIPp UAS playing the Edge and the Director
+    (``benchmarks/sipp/*_uas.xml``), SIPp's own pacing of the same exchange, reported beside the ratios.
+    """
     port = free_port(DIRECT_UAS)
-    uas = await asyncio.create_subprocess_exec(SIPP, "-sn", "uas", "-t", "t1", "-i", DIRECT_UAS, "-p", str(port),
+    if scenario == "invite":
+        uas_args, uac_args, per_call = ["-sn", "uas"], ["-sn", "uac"], 2
+    else:
+        user, domain = "bench", "contoso.com"
+        (folder / "direct-users.csv").write_text(f"SEQUENTIAL\n{domain};peer\n")
+        uas_args = ["-sf", str(BENCH_SIPP / f"{scenario}_uas.xml")]
+        uac_args = ["-sf", str(SIPP_DIR / f"{scenario}.xml"), "-inf", "direct-users.csv", "-s", user, "-au", user,
+                    "-ap", "secret", "-nd"]
+        per_call = 2 if scenario == "register" else 1
+    uas = await asyncio.create_subprocess_exec(SIPP, *uas_args, "-t", "t1", "-i", DIRECT_UAS, "-p", str(port),
                                                "-nostdin", stdout=asyncio.subprocess.DEVNULL,
                                                stderr=asyncio.subprocess.DEVNULL, cwd=folder)
     try:
         await asyncio.sleep(0.3)
         cpu = _cpu_seconds(uas.pid)
-        run = await run_sipp(SIPP, [f"{DIRECT_UAS}:{port}", "-sn", "uac", "-t", "t1", "-i", DIRECT_UAC,
-                                    "-p", str(free_port(DIRECT_UAC)), "-m", str(calls), "-r", "100000",
+        run = await run_sipp(SIPP, [f"{DIRECT_UAS}:{port}", *uac_args, "-t", "t1", "-i", DIRECT_UAC,
+                                    "-p", str(free_port(DIRECT_UAC)),
+                                    "-m", str(calls // 2 if scenario == "register" else calls), "-r", "100000",
                                     "-l", str(LIMIT), "-timeout", "60"], timeout=90, cwd=folder)
         cpu = _cpu_seconds(uas.pid) - cpu
     finally:
-        uas.terminate()
-        await uas.wait()
-    return _rate(run, 2), cpu * 1e6 / max(1, 2 * run.successful)
+        if uas.returncode is None:
+            uas.terminate()
+        if await uas.wait() not in (0, -15):
+            raise SystemExit(f"the SIPp UAS ({' '.join(uas_args)}) exited with {uas.returncode}")
+    return _rate(run, per_call), cpu * 1e6 / max(1, per_call * run.successful)
 
 
 def _cpu_seconds(pid: int | None) -> float:
@@ -224,6 +244,8 @@ async def main(calls: int, seconds: float, runs: int, split: bool, profile: str 
                     direct, uas_cpu = await sipp_direct(calls, folder)
                     per_run["direct_tps"].append(direct)
                     per_run.setdefault("sipp_uas_cpu_us", []).append(uas_cpu)
+                    for kind in ("register", "message"):
+                        per_run.setdefault(f"direct_{kind}_tps", []).append((await sipp_direct(calls, folder, kind))[0])
                     if profiler is not None:
                         profiler.enable()
                     register, message, cpu_us = await sipp_through_edge(
@@ -256,6 +278,10 @@ async def main(calls: int, seconds: float, runs: int, split: bool, profile: str 
                                                                    per_run["direct_tps"], strict=True)]
     results["message_ratios"] = [round(m / d, 4) for m, d in zip(per_run["sipp_message_tps"],
                                                                   per_run["direct_tps"], strict=True)]
+    results["register_ratios_same"] = [round(r / d, 4) for r, d in zip(per_run["sipp_register_tps"],
+                                                                        per_run["direct_register_tps"], strict=True)]
+    results["message_ratios_same"] = [round(m / d, 4) for m, d in zip(per_run["sipp_message_tps"],
+                                                                       per_run["direct_message_tps"], strict=True)]
     return results
 
 
@@ -298,11 +324,20 @@ if __name__ == "__main__":
             print(f"{label:45s} {value:10.0f} transactions/s  ({value / direct:.3f} × direct)")
     register_ratios = results.pop("register_ratios")
     message_ratios = results.pop("message_ratios")
+    register_same = results.pop("register_ratios_same")
+    message_same = results.pop("message_ratios_same")
     assert isinstance(register_ratios, list) and isinstance(message_ratios, list)
+    assert isinstance(register_same, list) and isinstance(message_same, list)
+    for key, label in (("direct_register_tps", "SIPp register.xml → SIPp UAS direct (TCP)"),
+                       ("direct_message_tps", "SIPp message.xml → SIPp UAS direct (TCP)")):
+        print(f"{label:45s} {float(str(results[key])):10.0f} transactions/s  (the same exchange, no Edge)")
     summary = {
         "register_ratio": round(_median(register_ratios), 4),
         "message_ratio": round(_median(message_ratios), 4),
         "register_ratios": register_ratios, "message_ratios": message_ratios,
+        # against SIPp playing the Edge and the Director in the same scenario (SIPp's pacing of that exchange)
+        "register_ratio_same_scenario": round(_median(register_same), 4),
+        "message_ratio_same_scenario": round(_median(message_same), 4),
         # per CPU: the SIPp UAS's µs per transaction ÷ the Edge's (what one core of each would do, load aside)
         **({"register_cpu_ratio": round(float(str(results["sipp_uas_cpu_us"]))
                                         / float(str(results["edge_cpu_us_register"])), 4),
