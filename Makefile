@@ -10,7 +10,9 @@ RUN_ARGS ?=
 
 .PHONY: run test bench lint venv clean
 
-$(STAMP): pyproject.toml
+# setup.py compiles simulator/wire/sip with mypyc: an edited source there is rebuilt by the next make (until then it
+# runs from its .py: simulator/wire/sip/_native.py).
+$(STAMP): pyproject.toml setup.py setup_mypyc.ini $(wildcard simulator/wire/sip/*.py)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
@@ -33,4 +35,5 @@ bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) reports .pytest_cache .hypothesis .mypy_cache .ruff_cache
+	rm -rf $(VENV) reports .pytest_cache .hypothesis .mypy_cache .ruff_cache build *__mypyc*.so \
+		simulator/wire/sip/*.so simulator/wire/sip/_compiled.json

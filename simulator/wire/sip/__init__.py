@@ -25,10 +25,14 @@ One layer per module, each importing only the ones above it:
 * :mod:`~simulator.wire.sip.framer` — stream framing;
 * :mod:`~simulator.wire.sip.build` — requests, responses, ACKs and fresh identifiers;
 * :mod:`~simulator.wire.sip.registration` — what a registrar refuses in a request that parsed.
+
+All but the framer are compiled with mypyc when the package is installed (``setup.py``); :data:`COMPILED` says
+whether the compiled modules run (:mod:`~simulator.wire.sip._native` decides, before anything else is imported).
 """
 
 from __future__ import annotations
 
+from simulator.wire.sip._native import COMPILED
 from simulator.wire.sip.build import (
     make_ack,
     make_request,
@@ -76,6 +80,7 @@ __all__ = [
     "BRANCH_MAGIC_COOKIE",
     "CANONICAL_NAMES",
     "COMPACT_FORMS",
+    "COMPILED",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_HEADER_BYTES",
     "KEEPALIVE_PING",
