@@ -204,7 +204,7 @@ def sip_lab_services(lab: Lab) -> dict[str, Service]:
 def tls_opener(lab: Lab, source: str, timeout: float) -> TlsOpener:
     """Opens TLS to an Access Edge address on 443 from the client at ``source``, through its NAT if any."""
     assert lab.files is not None
-    context = client_context(lab.files.ca)
+    context = lab.user_client_context()
 
     async def open_to(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await open_tcp(lab, source, address, lab.port_map(SIP_TLS_PORT), context=context,
@@ -221,7 +221,7 @@ async def remote_user_session(lab: Lab, node: str, *, index: int = 0, timeout: f
     account = user_accounts(lab)[index]
     rng = random.Random(seed if seed is not None else f"{lab.scenario.seed}:user:{account.user}:{node}")
     client = await SipClient.connect([access_edge_address(lab, node)], lab.port_map(SIP_TLS_PORT),
-                                     client_context(lab.files.ca), lab.scenario.edge_pool.access_fqdn, timeout,
+                                     lab.user_client_context(), lab.scenario.edge_pool.access_fqdn, timeout,
                                      rng, source=account.host, opener=tls_opener(lab, account.host, timeout))
     async with client:
         user = RemoteUser(client, account.user, account.domain, account.password)

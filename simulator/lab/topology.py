@@ -116,6 +116,7 @@ class Lab:
         self._folder: tempfile.TemporaryDirectory[str] | None = None
         self._given_files = pki_files
         self.files: PkiFiles | None = None
+        self._user_context: ssl.SSLContext | None = None  # see user_client_context
         self.nodes: dict[str, EdgeNode] = {}
         self.zone = Zone.from_records(zone_records(scenario, self.plan))
         self.dns: DnsServer | None = None
@@ -253,6 +254,7 @@ class Lab:
             await self.crl_server.stop()
         if self.dns is not None:
             await self.dns.stop()
+        self._user_context = None
         if self._folder is not None:
             self._folder.cleanup()
             self._folder = None
@@ -272,6 +274,17 @@ class Lab:
             raise ValueError(f"{client.name} ({client.role}) has no certificate of its own")
         chain, key = self.files.cert(client.name, variant or client.certificate)
         return client_context(self.files.ca, chain, key)
+
+    def user_client_context(self) -> ssl.SSLContext:
+        """The TLS client context of a user's client (no certificate of its own: it checks the server against the
+        lab CA), built once per started lab and shared by every connection, as a real client keeps one. A context
+        per connection re-read and re-parsed the CA file each time: two per sign-in, the churn soak's heaviest
+        OpenSSL allocations.
+        """
+        assert self.files is not None, "the lab is not started"
+        if self._user_context is None:
+            self._user_context = client_context(self.files.ca)
+        return self._user_context
 
     def pki_folder(self) -> Path:
         assert self.files is not None, "the lab is not started"

@@ -62,7 +62,6 @@ from simulator.net.nat.gate import Gateway, IntranetGate
 from simulator.net.peers.frontend import FrontEndServer
 from simulator.net.peers.sip_partner import PartnerEdgeServer
 from simulator.net.transport.resolver import ResolverError, StubResolver
-from simulator.net.transport.tls import client_context
 from simulator.outcome import ProbeFailure, Reason
 from simulator.spec.schema import CallKind, CallsSpec, ClientNat, ClientRole, LoadPhase, MediaSpec, Scenario
 from simulator.wire import mras
@@ -519,7 +518,7 @@ class _Phase:
             raise ProbeFailure(Reason.PROTOCOL_ERROR, f"DNS: {error}") from error
         assert lab.files is not None
         rng = random.Random(seed)
-        client = await SipClient.connect(access, lab.port_map(SIP_TLS_PORT), client_context(lab.files.ca),
+        client = await SipClient.connect(access, lab.port_map(SIP_TLS_PORT), lab.user_client_context(),
                                          pool.access_fqdn, self.timeout, rng, source=account.host, policy=policy,
                                          opener=tls_opener(lab, account.host, self.timeout))
         try:
