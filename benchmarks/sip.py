@@ -47,6 +47,7 @@ from simulator.lab.access import access_edge_address, remote_user_session, user_
 from simulator.lab.pki import build_pki, read_pki
 from simulator.lab.topology import Lab, Placement
 from simulator.spec.loader import load_scenario
+from simulator.wire import sip
 from tests.access.sipp_harness import (
     SIPP_DIR,
     SIPP_HOST,
@@ -311,7 +312,8 @@ if __name__ == "__main__":
     print(f"seed {SEED}; {platform.node()} {platform.machine()} {os.cpu_count()} CPU, Python "
           f"{platform.python_version()}; SIPp -l {LIMIT}, edgesim client concurrency {CONCURRENCY}; "
           f"{'Edge, Director and client in their own processes' if args.split else 'one process'}; "
-          f"{args.runs} runs, medians; {args.loop} loop")
+          f"{args.runs} runs, medians; {args.loop} loop; SIP codec "
+          f"{'compiled (mypyc)' if sip.COMPILED else 'pure Python'}")
     results = asyncio.run(main(args.calls, args.seconds, args.runs, args.split, args.profile))
     direct = float(str(results["direct_tps"]))
     print(f"SIPp uac→uas direct (TCP, INVITE+BYE)        {direct:10.0f} transactions/s")
@@ -346,6 +348,6 @@ if __name__ == "__main__":
            if "edge_cpu_us_message" in results else {}),
         **{key: (round(float(str(value)), 1) if not isinstance(value, dict) else value)
            for key, value in results.items()},
-        "split": args.split, "loop": args.loop, "seed": SEED,
+        "split": args.split, "loop": args.loop, "seed": SEED, "sip_codec_compiled": sip.COMPILED,
     }
     print(json.dumps(summary))
