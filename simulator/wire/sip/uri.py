@@ -84,7 +84,10 @@ class AbsoluteUri:
 Uri: TypeAlias = SipUri | AbsoluteUri
 
 
-@lru_cache(maxsize=4096)  # URIs repeat (domains, users, hops); the values are immutable, errors not cached
+# URIs repeat (domains, users, hops); the values are immutable, errors not cached. 1,024, as views' caches: a
+# Contact or flow-token URI is new with each connection, and at a churn soak's few per second a 4,096-entry cache
+# took ~30 minutes to turn over, which the 10-minute soak saw as RSS still rising (benchmarks/RESULTS.md).
+@lru_cache(maxsize=1024)
 def parse_uri(text: str) -> Uri:
     """Parse a URI; ``sip``/``sips`` into :class:`SipUri`, anything else into :class:`AbsoluteUri`."""
     scheme, colon, rest = text.partition(":")
