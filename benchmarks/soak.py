@@ -584,7 +584,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup is None:
         args.warmup = args.duration * 0.2
     began = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    result = asyncio.run(run(args))
+    try:
+        result = asyncio.run(run(args))
+    except OSError as error:  # the environment, not the soak: one line and its own exit code
+        print(f"soak: the lab in {args.prefix}.0.0/16 stopped on the host: {error} (another run on this prefix? "
+              "pass another --prefix)", file=sys.stderr)
+        return 3
     final = result.final
     print(f"\nbaseline: {row(result.baseline)}")
     if final is not None:
@@ -598,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(result.trace_top))
     print("PASS" if result.ok else "FAIL: " + "; ".join(result.problems))
     print(json.dumps(result.to_dict()))
-    return 0 if result.ok else 1
+    return 0 if result.ok else 1  # 3: the host refused the lab (above)
 
 
 if __name__ == "__main__":
