@@ -1,10 +1,10 @@
 """Compiles the SIP codec (``simulator/wire/sip``) with mypyc; everything else is metadata in pyproject.toml.
 
 The pure-Python sources stay the reference: ``EDGESIM_PURE=1`` at build time builds nothing, and at run time
-imports the ``.py`` files even where a compiled module sits beside them (``simulator/wire/sip/__init__.py``).
-A build records the SHA-256 of every source it compiled in ``simulator/wire/sip/_compiled.json``; a module
-whose source changed since is imported from its ``.py`` (a stale ``.so`` never runs). The extensions are
-optional: without a C compiler the install goes on, pure Python.
+imports the ``.py`` files even where a compiled module sits beside them (``simulator/wire/sip/_native.py``).
+A build records the SHA-256 of every source it compiled in ``simulator/wire/sip/_compiled.json`` (shipped in
+the wheel); when any of them changed since, every module is imported from its ``.py`` (a stale ``.so`` never
+runs). The extensions are optional: without a C compiler the install goes on, pure Python.
 """
 
 from __future__ import annotations
