@@ -22,10 +22,20 @@ injected ones and RFC 3550, not from the code under test:
   average of |D| with gain 1/16, so its stationary mean is E|D| = 6.67 ms (a lost packet changes
   nothing: X_{i+1} − X_{i−1} has the same law). Starting from J = 0, E[J_k] = m(1 − (15/16)^k); the mean
   over the n packets of a call (AverageJitterInMs) is m(1 − 15(1 − (15/16)^n)/n) ≈ m(1 − 15/n): 6.41 ms
-  for n = 390. Tolerance ±0.7 ms on both (≈ 10 %; the estimator's spread over 20 calls is ~0.2 ms).
+  for n = 390. Tolerance ±0.7 ms on both (≈ 10 %; the spread over 20 calls is 0.20 ms for the final J and
+  0.06 ms for the average, by simulating the estimator on the injected law alone).
   The clean direction (callee → caller) is the control: its jitter is what the machine itself adds
   (0.1–0.6 ms on an idle 2-core box). Above 1 ms another process is starving the event loop; the test
-  measures once more and fails, saying so, if the machine is still that busy.
+  measures once more and fails, saying so, if the machine is still that busy. The machine's lateness Y
+  adds to the injected X in every transit time, so per packet |D_X + D_Y| ≤ |D_X| + |D_Y|, and J, a
+  positive-weighted sum of those, is at most J_X + J_Y; so each upper bound also allows the control's
+  J of the same kind (its average, or its final value). The final J weighs only the last ~0.5 s of a
+  call, and a stall there shows in the control's final J and not in its average: the 20 calls share one
+  loop, so averaging them does not shrink it. (One 15 ms pause 0.2 s before the end, put in by hand,
+  raised the final J by ~0.65 ms on the impaired direction and ~0.4 ms on the control, whose final J,
+  ~0.85 ms without it, is above its average anyway: the iteration that stops the calls sends the last
+  frames late. A CI run failed the old ±0.7 bound with a final J 0.91 ms over m and an average 0.07 over.)
+  Zero-mean lateness cannot lower E|D| (Jensen), so the lower bounds stay m − 0.7.
 * **Reorder**: none from the injected law itself — packets sent exactly 20 ms apart with delays in [30, 50]
   ms can at most tie (tests/media/test_impairment.py checks that, and the measured reorder against netem's
   p(1 − p), on a virtual clock). On a real loop a late sender catches up with frames sent back to back,
@@ -132,6 +142,11 @@ def _control_noise(callers: list[MediaStats]) -> float:
     return sum(s.average_jitter_ms for s in callers) / len(callers)
 
 
+def _control_final(callers: list[MediaStats]) -> float:
+    """The clean direction's jitter at the end of the calls (ms): what the machine added in their last ~0.5 s."""
+    return sum(s.jitter_ms for s in callers) / len(callers)
+
+
 @pytest.mark.timeout(60)
 async def test_injected_loss_delay_and_jitter_are_measured() -> None:
     callers, callees, dropped = await _impaired_run()
@@ -161,7 +176,8 @@ async def test_injected_loss_delay_and_jitter_are_measured() -> None:
         f"\nloss {loss_rate:.4%} ({lost}/{expected}; box dropped {rtp_dropped} RTP), "
         f"RTT caller {mean_rtt_caller:.2f} ms / callee {mean_rtt_callee:.2f} ms ({samples} samples), "
         f"jitter average {average_jitter:.3f} ms (expected {expected_average:.3f}), final {final_jitter:.3f} ms "
-        f"(expected {m:.3f}), control {noise:.3f} ms, reordered {reordered}, n={n:.0f}"
+        f"(expected {m:.3f}), control {noise:.3f} ms / final {_control_final(callers):.3f} ms, "
+        f"reordered {reordered}, n={n:.0f}"
     )
     assert expected >= 7000
     assert abs(loss_rate - INJECTED.loss) <= 0.006
@@ -170,8 +186,8 @@ async def test_injected_loss_delay_and_jitter_are_measured() -> None:
     assert min(samples) >= 100
     assert 38.5 <= mean_rtt_caller <= 43.0
     assert 38.5 <= mean_rtt_callee <= 43.0
-    assert abs(average_jitter - expected_average) <= 0.7
-    assert abs(final_jitter - m) <= 0.7
+    assert expected_average - 0.7 <= average_jitter <= expected_average + 0.7 + noise
+    assert m - 0.7 <= final_jitter <= m + 0.7 + _control_final(callers)
     assert reordered <= 0.01 * expected
     assert all(s.malformed == 0 for s in callers + callees)
 
